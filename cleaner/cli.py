@@ -1,0 +1,230 @@
+"""``nclean``: the command-line face of the pipelines (kept thin on purpose).
+
+Exit codes: 0 success (some bad samples are fine: they are status rows);
+2 configuration error; 3 unreadable input; 4 nothing could be scored;
+5 finished, but some shards could not be read at all (named on stderr;
+rerun to retry them); 1 unexpected internal error; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from .decode import DEFAULT_IMAGE_KEYS, SampleSpec
+from .errors import ConfigError, NcleanError
+
+app = typer.Typer(
+    name="nclean",
+    help=(
+        "Score noisy image-text pairs once with a frozen open_clip estimator and write "
+        "per-sample verdicts (OSA weights, SDD drop masks, SPS partitions, CLIPCleaner "
+        "selections) as Parquet sidecars keyed by (shard, key) and uid.\n\n"
+        "Exit codes: 0 ok, 2 bad configuration, 3 unreadable input, 4 nothing scored, "
+        "5 some shards unreadable, 1 internal error."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+_DEBUG = {"on": False}
+
+# -- shared options ----------------------------------------------------------
+ModelOpt = typer.Option("ViT-B-32", "--model", help="open_clip model name, or a path to a model config .json.")
+PretrainedOpt = typer.Option(
+    "openai", "--pretrained",
+    help="open_clip pretrained tag (fetched from a hub: online only), a local .pt/.safetensors "
+    "checkpoint (loaded with weights_only), or 'none' for random weights.",
+)
+DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda")
+PrecisionOpt = typer.Option("auto", "--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 | fp16")
+BatchOpt = typer.Option(None, "--batch-size", help="Images per forward pass [default: 1024 on CUDA, 128 on CPU].")
+WorkersOpt = typer.Option(2, "--workers", help="Decoding processes (each reads whole shards). 0 = decode in the main process.")
+ImageKeyOpt = typer.Option(";".join(DEFAULT_IMAGE_KEYS), "--image-key", help="Image member extensions, first present wins (';'-separated).")
+TextKeyOpt = typer.Option("txt", "--text-key", help="Caption member extension, or json:<field> to read a field of the .json member.")
+UidOpt = typer.Option(None, "--uid-field", help="Field of the .json member to record as uid (e.g. DataComp's 'uid').")
+OverwriteOpt = typer.Option(False, "--overwrite", help="Redo everything instead of resuming.")
+ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr.")
+DebugOpt = typer.Option(False, "--debug", help="Show full tracebacks on internal errors.")
+
+
+def _spec(image_key: str, text_key: str, uid_field: str | None) -> SampleSpec:
+    keys = tuple(k.strip().lower() for k in image_key.replace(",", ";").split(";") if k.strip())
+    if not keys:
+        raise ConfigError("--image-key needs at least one extension")
+    if text_key.startswith("json:") and len(text_key) == 5:
+        raise ConfigError("--text-key json:<field> needs a field name")
+    return SampleSpec(image_keys=keys, text_key=text_key, uid_field=uid_field)
+
+
+def _estimator(model, pretrained, device, precision):
+    from pipelines.embed_job import EstimatorSpec
+
+    return EstimatorSpec(model=model, pretrained=pretrained, device=device, precision=precision)
+
+
+def _print_summary(summary) -> None:
+    err = sys.stderr
+    print(f"rows: {summary.rows}  (parts written {summary.parts_written}, reused {summary.parts_skipped})", file=err)
+    for status, n in summary.status_counts.items():
+        print(f"  {status:16s} {n}", file=err)
+    beta = summary.fit.get("beta", {})
+    if beta:
+        print(f"beta: {beta['value']:.4f} ({beta['source']}, K={beta['k']}, se {beta['se']:.5f})", file=err)
+    for stem, msg in summary.fatal_shards.items():
+        print(f"unreadable shard {stem}: {msg}", file=err)
+    print(f"parts: {summary.parts_dir}", file=err)
+    if summary.merged:
+        print(f"sidecar: {summary.merged}{'' if summary.merged_written else ' (unchanged)'}", file=err)
+
+
+@app.command()
+def score(
+    shards: list[str] = typer.Argument(None, help="Shards: a directory, a glob, a brace pattern (data-{000000..000099}.tar) or paths."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder of per-shard parts, or a .parquet file (parts go to <name>.parts/ and are merged)."),
+    embeddings: Path = typer.Option(None, "--embeddings", help="Score precomputed embeddings (nclean embed or clip-retrieval layout) instead of shards."),
+    methods: str = typer.Option("osa", "--methods", help="Comma-separated: osa, sdd, sps."),
+    model: str = ModelOpt,
+    pretrained: str = PretrainedOpt,
+    device: str = DeviceOpt,
+    precision: str = PrecisionOpt,
+    batch_size: int = BatchOpt,
+    workers: int = WorkersOpt,
+    image_key: str = ImageKeyOpt,
+    text_key: str = TextKeyOpt,
+    uid_field: str = UidOpt,
+    cache: Path = typer.Option(None, "--cache", help="Embedding cache folder [default: <out>/_nclean/embeddings]."),
+    beta_source: str = typer.Option("noise", "--beta-source", help="OSA beta from 'noise' (K noise images x K random token sequences; needs the model) or 'shuffled' (K real mismatched pairs)."),
+    beta_samples: int = typer.Option(None, "--beta-samples", help="K for the beta estimate [default: 64 for noise, 10000 for shuffled]."),
+    beta: float = typer.Option(None, "--beta", help="Set beta by hand (cosine units); skips estimation."),
+    seed: int = typer.Option(0, "--seed", help="Seed for every random choice (beta sampling, fit samples, batches)."),
+    overwrite: bool = OverwriteOpt,
+    progress: bool = ProgressOpt,
+    debug: bool = DebugOpt,
+):
+    """Score samples and write sidecar parts (embedding them first when given shards).
+
+    Example: nclean score shards/ --out weights.parquet --model ViT-B-32 --pretrained ./vitb32.pt
+    """
+    _DEBUG["on"] = debug
+    from cleaner.schema import parse_methods
+    from pipelines.score_job import ScoreJob, ScoreSettings, run_score
+
+    try:
+        method_list = parse_methods(methods)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    job = ScoreJob(
+        out=str(out),
+        shards=list(shards) if shards else None,
+        embeddings=str(embeddings) if embeddings else None,
+        cache=str(cache) if cache else None,
+        estimator=_estimator(model, pretrained, device, precision),
+        sample_spec=_spec(image_key, text_key, uid_field),
+        settings=ScoreSettings(methods=method_list, beta_source=beta_source, beta_samples=beta_samples, beta=beta, seed=seed),
+        batch_size=batch_size,
+        workers=workers,
+        overwrite=overwrite,
+        progress=progress,
+        argv=sys.argv[1:],
+    )
+    if not job.shards and not job.embeddings:
+        raise ConfigError("give shards to score, or --embeddings DIR")
+    summary = run_score(job)
+    _print_summary(summary)
+    if summary.fatal_shards:
+        raise typer.Exit(5)
+
+
+@app.command()
+def embed(
+    shards: list[str] = typer.Argument(..., help="Shards: a directory, a glob, a brace pattern or paths."),
+    out: Path = typer.Option(..., "--out", "-o", help="Embedding folder (img_emb/, text_emb/, metadata/ as clip-retrieval writes them)."),
+    model: str = ModelOpt,
+    pretrained: str = PretrainedOpt,
+    device: str = DeviceOpt,
+    precision: str = PrecisionOpt,
+    batch_size: int = BatchOpt,
+    workers: int = WorkersOpt,
+    image_key: str = ImageKeyOpt,
+    text_key: str = TextKeyOpt,
+    uid_field: str = UidOpt,
+    overwrite: bool = OverwriteOpt,
+    progress: bool = ProgressOpt,
+    debug: bool = DebugOpt,
+):
+    """Embed shards into a clip-retrieval compatible folder (resumable), for
+    later `nclean score --embeddings`.
+
+    Example: nclean embed 'data-{000000..000099}.tar' --out emb/ --pretrained ./vitb32.pt
+    """
+    _DEBUG["on"] = debug
+    from cleaner.embcache import EmbeddingCache
+    from cleaner.shards import expand_shards
+    from pipelines.embed_job import run_embed
+
+    paths = expand_shards(shards)
+    out.mkdir(parents=True, exist_ok=True)
+    report = run_embed(
+        paths, EmbeddingCache(out), _estimator(model, pretrained, device, precision),
+        _spec(image_key, text_key, uid_field), batch_size, workers, overwrite=overwrite, progress=progress,
+    )
+    print(
+        f"embedded {len(report.embedded)} shards ({report.samples} samples), reused {len(report.skipped)}; folder: {out}",
+        file=sys.stderr,
+    )
+    for stem, msg in report.fatal.items():
+        print(f"unreadable shard {stem}: {msg}", file=sys.stderr)
+    if report.fatal:
+        raise typer.Exit(5)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Folder for the generated shards, model and sidecar."),
+    samples: int = typer.Option(400, "--samples", help="Samples to generate."),
+    noise: float = typer.Option(0.4, "--noise", help="Fraction of captions shuffled."),
+    progress: bool = ProgressOpt,
+    debug: bool = DebugOpt,
+):
+    """Generate a small synthetic dataset offline (with some corrupt samples),
+    score it with a tiny locally created model, and print the summary."""
+    _DEBUG["on"] = debug
+    from .demo import run_demo
+
+    run_demo(out, samples=samples, noise=noise, progress=progress)
+
+
+def main() -> None:
+    """Console entry point: one-line errors, never a traceback for user errors."""
+    try:
+        app(standalone_mode=False)
+    except NcleanError as exc:
+        print(f"nclean: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("nclean: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - last line of defence
+        import click
+
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if _DEBUG["on"]:
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"nclean: internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""OSA: one-step anti-noise weights (METHODS.md section 1).
+
+With d = s(x, y) - beta in cosine units, the paper's weight is
+
+    w = d^2 * (1 - d)   if d > 0,   else 0,
+
+a cubic that peaks at d = 2/3 with value 4/27. ``osa_weight`` keeps it as
+is; ``osa_weight_norm`` = w / (4/27) lies in [0, 1]. The released code's
+per-batch form (d divided by the batch's largest d) is a training-time
+choice and lives in :mod:`cleaner.losses`, not here: a sample's offline
+score must not depend on its batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..beta import BetaEstimate, shuffled_beta
+from .base import Pairs
+
+OSA_PEAK = 4.0 / 27.0
+
+
+def osa_weight(cosine: np.ndarray, beta: float) -> np.ndarray:
+    """The paper's weight for each cosine. float32, 0 where cosine <= beta.
+
+    Examples
+    --------
+    >>> osa_weight(np.array([0.2, 0.2 + 2 / 3]), beta=0.2).round(4).tolist()
+    [0.0, 0.1481]
+    """
+    d = np.asarray(cosine, dtype=np.float64) - float(beta)
+    w = np.where(d > 0, d * d * (1.0 - d), 0.0)
+    return w.astype(np.float32)
+
+
+class OSAScorer:
+    """Fit/transform wrapper: ``fit`` sets beta, ``transform`` weighs pairs.
+
+    Parameters
+    ----------
+    beta : the boundary in cosine units, or a :class:`BetaEstimate`. When
+        None, ``fit`` estimates it from shuffled (mismatched) pairs of the
+        data it is given -- the ``shuffled`` source; the ``noise`` source
+        needs the model and is estimated by :func:`cleaner.beta.noise_beta`.
+    n_shuffled, seed : K and the seed for the shuffled estimate.
+    """
+
+    name = "osa"
+
+    def __init__(self, beta: float | BetaEstimate | None = None, n_shuffled: int = 10_000, seed: int = 0):
+        self.beta = BetaEstimate.manual(beta) if isinstance(beta, (int, float)) else beta
+        self.n_shuffled = n_shuffled
+        self.seed = seed
+
+    def fit(self, pairs: Pairs | None = None) -> OSAScorer:
+        if self.beta is None:
+            if pairs is None or len(pairs) < 2:
+                raise ValueError("OSA needs beta, or at least two pairs to estimate it from")
+            self.beta = shuffled_beta(pairs.image, pairs.text, self.n_shuffled, self.seed)
+        return self
+
+    def get_params(self) -> dict:
+        return {"beta": self.beta.to_dict() if self.beta else None}
+
+    @classmethod
+    def from_params(cls, params: dict) -> OSAScorer:
+        return cls(beta=BetaEstimate(**params["beta"]))
+
+    def transform(self, pairs: Pairs) -> dict[str, np.ndarray]:
+        if self.beta is None:
+            raise RuntimeError("OSAScorer.transform called before fit")
+        w = osa_weight(pairs.cosine, self.beta.value)
+        return {
+            "cosine": pairs.cosine.astype(np.float32),
+            "osa_weight": w,
+            "osa_weight_norm": (w / OSA_PEAK).astype(np.float32),
+        }

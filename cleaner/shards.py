@@ -1,0 +1,270 @@
+"""Shard specs and robust reading of webdataset tar shards.
+
+A *shard spec* is what users type: a directory (all ``*.tar`` in it, sorted),
+a glob (``shards/*.tar``), a brace pattern (``data-{000000..000099}.tar``,
+as webdataset and img2dataset write them) or a list of paths.
+
+Reading follows webdataset's conventions -- a sample is the group of tar
+members sharing a key, the key being the member path up to the first dot of
+its file name (``webdataset.tariterators.base_plus_ext``) -- but never raises
+on bad data: a truncated or corrupt tar yields the samples that could be read
+and a shard-level warning; only a file that is not a tar at all raises
+:class:`ShardReadError`, which the pipeline reports by shard name.
+
+Uncompressed tars are read by first listing member headers (cheap: tarfile
+seeks over the data) and then reading the wanted members by offset, so
+samples whose members are not contiguous are still assembled correctly and
+only the members we need are read.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import tarfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import braceexpand
+from webdataset.tariterators import base_plus_ext
+
+from .errors import ConfigError, InputError
+
+
+class ShardReadError(InputError):
+    """A whole shard could not be opened as a tar file."""
+
+
+def expand_shards(specs: str | Iterable[str]) -> list[Path]:
+    """Turn user shard specs into a list of existing tar paths.
+
+    Order: directories are sorted; globs are sorted; brace patterns keep
+    their expansion order; several specs are concatenated in the order given.
+
+    Raises
+    ------
+    ConfigError
+        if a spec matches nothing, a path does not exist, or two shards share
+        a file name (sidecar parts are named after the shard's file name, so
+        names must be unique).
+    """
+    if isinstance(specs, (str, os.PathLike)):
+        specs = [str(specs)]
+    paths: list[Path] = []
+    for spec in specs:
+        spec = str(spec)
+        expanded = list(braceexpand.braceexpand(spec)) if "{" in spec else [spec]
+        for item in expanded:
+            p = Path(item)
+            if p.is_dir():
+                found = sorted(p.glob("*.tar"))
+                if not found:
+                    raise ConfigError(f"no *.tar files in directory {item}")
+                paths.extend(found)
+            elif any(c in item for c in "*?["):
+                found = sorted(Path(x) for x in glob.glob(item))
+                if not found:
+                    raise ConfigError(f"no files match {item}")
+                paths.extend(found)
+            elif p.exists():
+                paths.append(p)
+            else:
+                raise ConfigError(f"shard not found: {item}")
+    if not paths:
+        raise ConfigError("no shards given")
+    seen: dict[str, Path] = {}
+    for p in paths:
+        if p.name in seen and seen[p.name].resolve() != p.resolve():
+            raise ConfigError(
+                f"two shards share the file name {p.name} ({seen[p.name]} and {p}); "
+                "sidecar parts are named after shards, so names must be unique"
+            )
+        seen[p.name] = p
+    # the same file listed twice would score its samples twice
+    unique = list(dict.fromkeys(p.resolve() for p in paths))
+    if len(unique) != len(paths):
+        raise ConfigError("a shard is listed more than once")
+    return paths
+
+
+def shard_stem(path: str | Path) -> str:
+    """``/x/00042.tar`` -> ``00042`` (also strips ``.tar.gz`` and ``.tgz``)."""
+    name = Path(path).name
+    for suffix in (".tar.gz", ".tgz", ".tar"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+@dataclass
+class RawSample:
+    """One sample's wanted members as bytes, before any decoding.
+
+    ``members`` maps extension (lower-case, e.g. ``jpg``) to bytes, or to
+    ``None`` when the member's data is cut off by a truncated file.
+    ``problem`` names a structural issue found while grouping (e.g.
+    ``duplicate_key``) that makes the sample unusable.
+    """
+
+    key: str
+    index: int
+    members: dict[str, bytes | None] = field(default_factory=dict)
+    problem: str | None = None
+    problem_detail: str | None = None
+
+
+@dataclass
+class ShardReport:
+    """Shard-level facts collected while reading (shown in the summary)."""
+
+    warnings: list[str] = field(default_factory=list)
+
+
+def read_shard(
+    path: str | Path,
+    wanted: Iterable[str] | None = None,
+    report: ShardReport | None = None,
+) -> Iterator[RawSample]:
+    """Yield the samples of one tar shard, in order of first appearance.
+
+    Parameters
+    ----------
+    path : the tar file.
+    wanted : extensions to load (lower-case); ``None`` loads every member.
+        Other members still define samples (a sample with only unwanted
+        members is yielded with no members, so nothing is dropped silently).
+    report : filled with shard-level warnings (truncation, corrupt headers).
+
+    Raises
+    ------
+    ShardReadError
+        if the file cannot be opened as a tar at all.
+    """
+    path = Path(path)
+    report = report if report is not None else ShardReport()
+    wanted_set = None if wanted is None else {w.lower() for w in wanted}
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ShardReadError(f"cannot read shard {path}: {exc.strerror or exc}") from None
+    if size == 0:
+        report.warnings.append("empty file (0 bytes)")
+        return
+    if path.name.endswith((".gz", ".tgz")):
+        yield from _read_streaming(path, wanted_set, report)
+    else:
+        yield from _read_indexed(path, size, wanted_set, report)
+
+
+def _split_name(name: str) -> tuple[str, str] | None:
+    parts = base_plus_ext(name)
+    if parts is None or parts[0] is None:
+        return None
+    return parts[0], parts[1].lower()
+
+
+def _read_indexed(
+    path: Path, size: int, wanted: set[str] | None, report: ShardReport
+) -> Iterator[RawSample]:
+    # Pass 1: headers only. Group members by key, keeping first-appearance order.
+    groups: dict[str, list[tarfile.TarInfo]] = {}
+    # key -> extra groups for a key that repeats (same key and extension again)
+    repeats: dict[str, list[list[tarfile.TarInfo]]] = {}
+    try:
+        tf = tarfile.open(path, mode="r:")
+    except (tarfile.TarError, OSError) as exc:
+        raise ShardReadError(f"{path} is not a readable tar file ({exc})") from None
+    with tf:
+        try:
+            for info in tf:
+                if not info.isfile():
+                    continue
+                split = _split_name(info.name)
+                if split is None:
+                    report.warnings.append(f"member without extension skipped: {info.name!r}")
+                    continue
+                key, ext = split
+                group = groups.setdefault(key, [])
+                if _has_ext(group, ext):
+                    # The same key and extension again: a second sample with a
+                    # repeated key. Keep it as its own (flagged) row.
+                    extra = repeats.setdefault(key, [])
+                    if not extra or _has_ext(extra[-1], ext):
+                        extra.append([])
+                    extra[-1].append(info)
+                    continue
+                group.append(info)
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            report.warnings.append(f"tar truncated or corrupt after {len(groups)} samples: {exc}")
+        # Pass 2: read wanted members by offset.
+        index = 0
+        with open(path, "rb") as fh:
+            for key, infos in groups.items():
+                yield RawSample(key=key, index=index, members=_load(fh, infos, size, wanted))
+                index += 1
+            for key, extra in repeats.items():
+                for infos in extra:
+                    yield RawSample(
+                        key=key,
+                        index=index,
+                        members=_load(fh, infos, size, wanted),
+                        problem="duplicate_key",
+                        problem_detail=f"key {key!r} appears more than once in the shard",
+                    )
+                    index += 1
+
+
+def _has_ext(infos: list[tarfile.TarInfo], ext: str) -> bool:
+    return any(_split_name(m.name)[1] == ext for m in infos)
+
+
+def _load(fh, infos: list[tarfile.TarInfo], size: int, wanted: set[str] | None) -> dict:
+    members: dict[str, bytes | None] = {}
+    for info in infos:
+        ext = _split_name(info.name)[1]
+        if wanted is not None and ext not in wanted:
+            continue
+        if info.offset_data + info.size > size:
+            members[ext] = None  # cut off by truncation
+            continue
+        fh.seek(info.offset_data)
+        members[ext] = fh.read(info.size)
+    return members
+
+
+def _read_streaming(path: Path, wanted: set[str] | None, report: ShardReport) -> Iterator[RawSample]:
+    # Compressed tars cannot be read by offset; group consecutive members as
+    # webdataset does, and flag a key that comes back later.
+    try:
+        tf = tarfile.open(path, mode="r|*")
+    except (tarfile.TarError, OSError) as exc:
+        raise ShardReadError(f"{path} is not a readable tar file ({exc})") from None
+    seen: set[str] = set()
+    current: RawSample | None = None
+    index = 0
+    with tf:
+        try:
+            for info in tf:
+                if not info.isfile():
+                    continue
+                split = _split_name(info.name)
+                if split is None:
+                    continue
+                key, ext = split
+                if current is None or key != current.key:
+                    if current is not None:
+                        yield current
+                    current = RawSample(key=key, index=index)
+                    index += 1
+                    if key in seen:
+                        current.problem = "duplicate_key"
+                        current.problem_detail = f"key {key!r} appears more than once in the shard"
+                    seen.add(key)
+                if wanted is None or ext in wanted:
+                    data = tf.extractfile(info)
+                    current.members[ext] = data.read() if data is not None else None
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            report.warnings.append(f"tar truncated or corrupt after {index} samples: {exc}")
+    if current is not None:
+        yield current

@@ -1,0 +1,121 @@
+"""Fill the embedding cache for a list of shards, skipping finished ones."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from cleaner import __version__
+from cleaner.decode import SampleSpec
+from cleaner.embcache import EmbeddingCache
+from cleaner.embed import ShardResult, embed_shards
+from cleaner.errors import ConfigError
+from cleaner.estimator import Estimator, file_digest, load_estimator
+from cleaner.shards import shard_stem
+
+
+@dataclass
+class EstimatorSpec:
+    """The CLI's model options; loads the model only when first needed."""
+
+    model: str = "ViT-B-32"
+    pretrained: str | None = "openai"
+    device: str = "auto"
+    precision: str = "auto"
+    _loaded: Estimator | None = field(default=None, repr=False)
+
+    def identity(self) -> dict:
+        """What determines the embeddings (device/precision excluded: they
+        change values only within numerical noise)."""
+        digest = None
+        if self.pretrained and Path(self.pretrained).is_file():
+            digest = file_digest(self.pretrained)
+        return {"model": self.model if not self.model.endswith(".json") else Path(self.model).stem,
+                "pretrained": self.pretrained or "none", "pretrained_digest": digest}
+
+    def get(self) -> Estimator:
+        if self._loaded is None:
+            self._loaded = load_estimator(self.model, self.pretrained, self.device, self.precision)
+        return self._loaded
+
+
+def default_batch_size(device: str) -> int:
+    return 1024 if device.startswith("cuda") else 128
+
+
+@dataclass
+class EmbedReport:
+    embedded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    fatal: dict[str, str] = field(default_factory=dict)  # stem -> message
+    warnings: dict[str, list[str]] = field(default_factory=dict)
+    samples: int = 0
+
+
+def cache_identity(est: EstimatorSpec, spec: SampleSpec) -> dict:
+    return {"estimator": est.identity(), "sample_spec": asdict(spec)}
+
+
+def run_embed(
+    shards: list[Path],
+    cache: EmbeddingCache,
+    est: EstimatorSpec,
+    spec: SampleSpec,
+    batch_size: int | None = None,
+    workers: int = 2,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> EmbedReport:
+    """Embed every shard whose cache partition is missing or incomplete.
+
+    Raises ConfigError when an existing partition was made with other
+    settings (another model, other member keys): mixing them would silently
+    compare apples with oranges.
+    """
+    report = EmbedReport()
+    identity = cache_identity(est, spec)
+    todo: list[Path] = []
+    for path in shards:
+        stem = shard_stem(path)
+        if not overwrite and cache.meta_path(stem).exists() and cache.is_complete(stem):
+            info = cache.info(stem) or {}
+            if info.get("identity") != identity:
+                raise ConfigError(
+                    f"the embedding cache {cache.root} holds shard {stem} made with other settings "
+                    f"({info.get('identity', {}).get('estimator', 'unknown')}); pass --overwrite or another --cache"
+                )
+            report.skipped.append(stem)
+        else:
+            todo.append(path)
+    if not todo:
+        return report
+    estimator = est.get()
+    bs = batch_size or default_batch_size(estimator.device)
+    bar = tqdm(total=None, unit="sample", desc="embed", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+
+    def on_shard(result: ShardResult) -> None:
+        if result.fatal:
+            report.fatal[result.stem] = result.fatal
+            tqdm.write(f"warning: shard {result.path} skipped: {result.fatal}", file=sys.stderr)
+            return
+        if result.warnings:
+            report.warnings[result.stem] = result.warnings
+            for w in result.warnings:
+                tqdm.write(f"warning: shard {result.path.name}: {w}", file=sys.stderr)
+        info = {"identity": identity, "nclean_version": __version__, "shard_path": str(result.path),
+                "warnings": result.warnings, "estimator": estimator.describe()}
+        cache.write(result.stem, result.meta, result.image, result.text, info)
+        report.embedded.append(result.stem)
+        report.samples += len(result.meta)
+
+    def on_batch(n: int) -> None:
+        bar.update(n)
+
+    try:
+        embed_shards(estimator, todo, spec, bs, workers, on_shard, on_batch)
+    finally:
+        bar.close()
+    return report

@@ -1,0 +1,278 @@
+"""``nclean score``: embed -> global fit -> per-shard transform -> parts.
+
+The job is resumable at every step:
+
+1. *embed* (shards input only): cache partitions that exist and validate
+   are skipped (:mod:`pipelines.embed_job`).
+2. *fit*: global statistics (beta; the other methods' fits) are computed
+   once and stored in ``_nclean/fit.json``; a rerun with the same settings
+   reuses them, so resumed parts use exactly the same parameters.
+3. *transform*: each shard's part is written atomically; a part that exists,
+   validates and carries the current fit id is skipped.
+4. *merge* (``--out x.parquet``): only when a part changed or the merged
+   file is missing or stale -- a second identical run leaves it untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from cleaner import __version__
+from cleaner import schema as S
+from cleaner.beta import DEFAULT_NOISE_K, DEFAULT_SHUFFLED_K, BetaEstimate, noise_beta, sample_mismatched_indices, shuffled_beta_from_rows
+from cleaner.decode import SampleSpec
+from cleaner.embcache import EmbeddingCache, validate_dir
+from cleaner.errors import ConfigError, NothingScoredError
+from cleaner.scorers.base import Pairs
+from cleaner.scorers.osa import OSAScorer
+from cleaner.shards import expand_shards, shard_stem
+from cleaner.sidecar import atomic_write_table, build_part, merge_parts, part_is_valid
+
+from .embed_job import EmbedReport, EstimatorSpec, run_embed
+from .layout import OutputLayout
+
+
+@dataclass
+class ScoreSettings:
+    """Everything that changes the scores (stored, and compared on resume)."""
+
+    methods: list[str] = field(default_factory=lambda: ["osa"])
+    beta_source: str = "noise"  # noise | shuffled
+    beta_samples: int | None = None  # K; None = the source's default
+    beta: float | None = None  # set by hand: skips estimation
+    seed: int = 0
+
+
+@dataclass
+class ScoreJob:
+    out: str
+    shards: list[str] | None = None
+    embeddings: str | None = None
+    cache: str | None = None
+    estimator: EstimatorSpec = field(default_factory=EstimatorSpec)
+    sample_spec: SampleSpec = field(default_factory=SampleSpec)
+    settings: ScoreSettings = field(default_factory=ScoreSettings)
+    batch_size: int | None = None
+    workers: int = 2
+    overwrite: bool = False
+    progress: bool = True
+    argv: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ScoreSummary:
+    rows: int = 0
+    status_counts: dict[str, int] = field(default_factory=dict)
+    parts_written: int = 0
+    parts_skipped: int = 0
+    fatal_shards: dict[str, str] = field(default_factory=dict)
+    shard_warnings: dict[str, list[str]] = field(default_factory=dict)
+    merged: str | None = None
+    merged_written: bool = False
+    parts_dir: str = ""
+    fit: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------
+def _log(msg: str) -> None:
+    tqdm.write(msg, file=sys.stderr)
+
+
+def _check_settings(job: ScoreJob) -> None:
+    st = job.settings
+    if st.beta_source not in ("noise", "shuffled"):
+        raise ConfigError(f"--beta-source must be noise or shuffled, not {st.beta_source!r}")
+    if (job.shards is None) == (job.embeddings is None):
+        raise ConfigError("give shards, or --embeddings DIR, but not both")
+    if job.embeddings is not None and st.beta is None and st.beta_source == "noise":
+        raise ConfigError(
+            "--beta-source noise needs the model, which --embeddings input does not load; "
+            "use --beta-source shuffled or set --beta VALUE"
+        )
+    if st.beta_samples is not None and st.beta_samples < 2:
+        raise ConfigError("--beta-samples must be at least 2")
+
+
+def _fit_id(fit: dict) -> str:
+    return hashlib.sha1(json.dumps(fit, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _ok_counts(cache: EmbeddingCache, stems: list[str]) -> list[int]:
+    counts = []
+    for stem in stems:
+        status = pq.read_table(cache.meta_path(stem), columns=["status"]).column("status").to_numpy(zero_copy_only=False)
+        counts.append(int((status == "ok").sum()))
+    return counts
+
+
+def _gather_rows(cache: EmbeddingCache, stems: list[str], ok_counts: list[int], global_rows: np.ndarray, which: str) -> np.ndarray:
+    """Fetch rows (numbered over the ok rows of all shards, in order) from
+    the memory-mapped cache, one shard at a time."""
+    offsets = np.concatenate([[0], np.cumsum(ok_counts)])
+    out = None
+    order = np.argsort(global_rows, kind="stable")
+    sorted_rows = global_rows[order]
+    shard_of = np.searchsorted(offsets, sorted_rows, side="right") - 1
+    for s in np.unique(shard_of):
+        stem = stems[s]
+        status = pq.read_table(cache.meta_path(stem), columns=["status"]).column("status").to_numpy(zero_copy_only=False)
+        ok_idx = np.flatnonzero(status == "ok")
+        img, txt = cache.open_vectors(stem)
+        arr = img if which == "image" else txt
+        sel = shard_of == s
+        local = ok_idx[sorted_rows[sel] - offsets[s]]
+        vals = np.asarray(arr[local], dtype=np.float32)
+        if out is None:
+            out = np.zeros((len(global_rows), vals.shape[1]), np.float32)
+        out[order[sel]] = vals
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    np.divide(out, norms, out=out, where=norms > 0)
+    return out
+
+
+def _fit(job: ScoreJob, cache: EmbeddingCache, stems: list[str]) -> dict:
+    st = job.settings
+    if st.beta is not None:
+        beta = BetaEstimate.manual(st.beta)
+    elif st.beta_source == "noise":
+        k = st.beta_samples or DEFAULT_NOISE_K
+        _log(f"estimating beta from {k} noise images x {k} random token sequences ...")
+        beta = noise_beta(job.estimator.get(), k=k, seed=st.seed)
+    else:
+        k = st.beta_samples or DEFAULT_SHUFFLED_K
+        counts = _ok_counts(cache, stems)
+        if sum(counts) < 2:
+            raise NothingScoredError("shuffled beta needs at least two scorable samples; none or one found")
+        i, j = sample_mismatched_indices(counts, k, st.seed)
+        beta = shuffled_beta_from_rows(_gather_rows(cache, stems, counts, i, "image"), _gather_rows(cache, stems, counts, j, "text"), st.seed)
+    _log(f"beta = {beta.value:.4f} (source {beta.source}, K={beta.k}, std {beta.std:.4f}, se {beta.se:.5f})")
+    return {"settings": asdict(st), "beta": beta.to_dict(), "scorers": {"osa": OSAScorer(beta).get_params()}}
+
+
+def _load_or_fit(job: ScoreJob, layout: OutputLayout, cache: EmbeddingCache, stems: list[str]) -> dict:
+    if layout.fit_path.exists():
+        try:
+            stored = json.loads(layout.fit_path.read_text())
+        except (OSError, ValueError):
+            stored = None
+        if stored and stored.get("settings") == asdict(job.settings) and stored.get("inputs") == stems:
+            return stored
+        if stored:
+            raise ConfigError(
+                f"{layout.parts_dir} holds results made with other settings or inputs; "
+                "pass --overwrite to redo them, or choose another --out"
+            )
+    fit = _fit(job, cache, stems)
+    fit["inputs"] = stems
+    tmp = layout.fit_path.with_name(".fit.json.tmp")
+    tmp.write_text(json.dumps(fit, sort_keys=True, indent=1))
+    tmp.replace(layout.fit_path)
+    return fit
+
+
+def _transform_shard(stem: str, cache: EmbeddingCache, scorers: dict, methods: list[str], metadata: dict):
+    shard = cache.load(stem)
+    ok = shard.ok
+    keys = np.asarray(shard.meta.column("key").to_pylist(), dtype=object)
+    pairs = Pairs(image=shard.image[ok], text=shard.text[ok], keys=keys[ok])
+    columns: dict[str, np.ndarray] = {}
+    for name in methods:
+        columns.update(scorers[name].transform(pairs))
+    return build_part(shard.meta, ok, columns, methods, metadata)
+
+
+def run_score(job: ScoreJob) -> ScoreSummary:
+    """Run the whole job; return what happened. Raises NcleanError subclasses
+    for configuration problems and when nothing at all could be scored."""
+    _check_settings(job)
+    layout = OutputLayout.from_out(job.out)
+    summary = ScoreSummary(parts_dir=str(layout.parts_dir), merged=str(layout.merged) if layout.merged else None)
+    if job.embeddings is not None:
+        cache = validate_dir(job.embeddings)
+        layout.prepare(job.overwrite)
+        stems = cache.stems()
+        embed_report = EmbedReport()
+    else:
+        shards = expand_shards(job.shards)
+        stems_all = [shard_stem(p) for p in shards]
+        if len(set(stems_all)) != len(stems_all):
+            raise ConfigError("two shards have the same name stem; sidecar parts would collide")
+        layout.prepare(job.overwrite)
+        cache = EmbeddingCache(job.cache or layout.default_cache)
+        embed_report = run_embed(
+            shards, cache, job.estimator, job.sample_spec, job.batch_size, job.workers,
+            overwrite=job.overwrite and job.cache is not None, progress=job.progress,
+        )
+        summary.fatal_shards = dict(embed_report.fatal)
+        stems = [s for s in stems_all if s not in embed_report.fatal]
+        if not stems:
+            raise NothingScoredError("no shard could be read: " + "; ".join(embed_report.fatal.values()))
+
+    fit = _load_or_fit(job, layout, cache, stems)
+    summary.fit = fit
+    fit_id = _fit_id(fit)
+    methods = job.settings.methods
+    scorers = {"osa": OSAScorer.from_params(fit["scorers"]["osa"])}
+    base_meta = {
+        "nclean_version": __version__,
+        "schema_version": S.SCHEMA_VERSION,
+        "methods": methods,
+        "fit_id": fit_id,
+        "estimator": job.estimator.identity() if job.embeddings is None else {"embeddings": str(job.embeddings)},
+        "beta": fit["beta"],
+        "params": fit["scorers"],
+        "settings": asdict(job.settings),
+        "sample_spec": asdict(job.sample_spec),
+        "argv": job.argv,
+    }
+
+    bar = tqdm(stems, desc="score", unit="shard", disable=not job.progress, file=sys.stderr, dynamic_ncols=True)
+    for stem in bar:
+        part = layout.part_path(stem)
+        if not job.overwrite and part.exists() and part_is_valid(part, {"fit_id": fit_id}):
+            summary.parts_skipped += 1
+            continue
+        table = _transform_shard(stem, cache, scorers, methods, {**base_meta, "shard": stem})
+        atomic_write_table(table, part)
+        summary.parts_written += 1
+    bar.close()
+
+    # Summary counts come from the parts themselves: what a reader will see.
+    counts: Counter = Counter()
+    parts = [layout.part_path(s) for s in stems]
+    for p in parts:
+        status = pq.read_table(p, columns=["status"]).column("status").to_pylist()
+        counts.update(status)
+    summary.status_counts = dict(sorted(counts.items()))
+    summary.rows = sum(counts.values())
+    for stem, warns in embed_report.warnings.items():
+        summary.shard_warnings[stem] = warns
+
+    if layout.merged is not None:
+        merged_meta = {**base_meta, "shards": stems}
+        if summary.parts_written or not _merged_is_current(layout.merged, fit_id, summary.rows, stems):
+            merge_parts(parts, layout.merged, merged_meta)
+            summary.merged_written = True
+
+    if counts.get("ok", 0) == 0:
+        detail = ", ".join(f"{k}: {v}" for k, v in summary.status_counts.items()) or "no samples"
+        raise NothingScoredError(f"nothing could be scored ({detail}); see the status column in {layout.parts_dir}")
+    return summary
+
+
+def _merged_is_current(path: Path, fit_id: str, rows: int, stems: list[str]) -> bool:
+    if not part_is_valid(path, {"fit_id": fit_id, "shards": stems}):
+        return False
+    return pq.read_metadata(path).num_rows == rows
+
+
+__all__ = ["ScoreJob", "ScoreSettings", "ScoreSummary", "run_score"]
