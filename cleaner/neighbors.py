@@ -36,7 +36,7 @@ IVF settings
   drawn with ``seed`` (all of them if fewer), spherical k-means (centroids
   renormalised, the right choice for inner product on the unit sphere).
 - ``nprobe = min(nlist, 2 * ceil(sqrt(nlist)))``: scans about 2/sqrt(nlist)
-  of the lists (5% at nlist 1,600, 1.3% at 40,000), which on CLIP-like
+  of the lists (5% at nlist 1,600, 1% at 40,000), which on CLIP-like
   embeddings usually keeps recall@1 above 0.95 at a small fraction of the
   brute-force cost. :meth:`NeighborIndex.measure_recall` checks this on a
   sample and records the result in :meth:`NeighborIndex.describe`.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,7 +57,8 @@ class EmbedReport:
 
 
 def cache_identity(est: EstimatorSpec, spec: SampleSpec) -> dict:
-    return {"estimator": est.identity(), "sample_spec": asdict(spec)}
+    # through JSON, so it compares equal to what a cache partition stores
+    return json.loads(json.dumps({"estimator": est.identity(), "sample_spec": asdict(spec)}))
 
 
 def run_embed(

@@ -95,17 +95,18 @@ def test_default_intersection_keeps_the_clean_rows_and_predicts_truth():
         assert (cols[f"cc_gmm_clean_prob_{e}"][flipped] < 0.5).all()
     # label quality ranks every clean row above every flipped row
     assert cols["cc_label_quality"][~flipped].min() > cols["cc_label_quality"][flipped].max()
-    assert sc.get_params()["fit_selected_per_class"] == np.bincount(
-        pairs.labels[cols["cc_selected"]], minlength=K
-    ).tolist()
+    assert (
+        sc.get_params()["fit_selected_per_class"]
+        == np.bincount(pairs.labels[cols["cc_selected"]], minlength=K).tolist()
+    )
 
 
 def test_union_contains_intersection():
     pairs, prompts, cop, _, _ = planted(flip_per=14)
     inter = CLIPCleanerScorer(K).fit(pairs, prompts, cop).transform(pairs)["cc_selected"]
-    union = (
-        CLIPCleanerScorer(K, combine="union").fit(pairs, prompts, cop).transform(pairs)
-    )["cc_selected"]
+    union = (CLIPCleanerScorer(K, combine="union").fit(pairs, prompts, cop).transform(pairs))[
+        "cc_selected"
+    ]
     assert (union >= inter).all() and union.sum() >= inter.sum()
 
 
@@ -270,7 +271,9 @@ def test_oof_rows_use_out_of_fold_probabilities():
     assert a["cc_p_label_ind"][flipped].mean() < b["cc_p_label_ind"][flipped].mean()
     assert (a["cc_p_label_ind"][flipped] < b["cc_p_label_ind"][flipped]).mean() > 0.8
     # and a row unknown to the table (new row id) gets the all-rows model
-    fresh = Pairs(image=pairs.image, text=pairs.text, labels=pairs.labels, row_ids=pairs.row_ids + 10**6)
+    fresh = Pairs(
+        image=pairs.image, text=pairs.text, labels=pairs.labels, row_ids=pairs.row_ids + 10**6
+    )
     np.testing.assert_array_equal(oof.transform(fresh)["cc_p_label_ind"], b["cc_p_label_ind"])
 
 

@@ -34,7 +34,12 @@ def test_params_are_json_and_describe_the_fit():
     assert again == params
     assert sorted(params["means"]) == pytest.approx([12.0, 31.0], abs=1.0)
     assert sum(params["weights"]) == pytest.approx(1.0)
-    assert params["settings"] == {"max_iter": 10, "tol": 0.01, "reg_covar": 0.0005, "random_state": 0}
+    assert params["settings"] == {
+        "max_iter": 10,
+        "tol": 0.01,
+        "reg_covar": 0.0005,
+        "random_state": 0,
+    }
     assert params["n_fit"] == len(_bimodal())
     assert component_index(params, "high") != component_index(params, "low")
 

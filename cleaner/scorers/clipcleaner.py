@@ -202,7 +202,9 @@ def zero_shot_probs(
         (n, K) float64, rows sum to 1.
     """
     return np.exp(
-        zero_shot_log_probs(image_emb, prompt_emb, class_of_prompt, temperature, aggregate, n_classes)
+        zero_shot_log_probs(
+            image_emb, prompt_emb, class_of_prompt, temperature, aggregate, n_classes
+        )
     )
 
 

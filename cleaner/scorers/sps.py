@@ -87,7 +87,8 @@ def loss_batches(n: int, batch_size: int, seed: int, seed_key: str) -> list[np.n
     perm = np.random.default_rng(_batch_seed(seed, seed_key)).permutation(n)
     batches = [perm[start : start + batch_size] for start in range(0, n, batch_size)]
     if len(batches) > 1 and len(batches[-1]) == 1:
-        batches[-2] = np.concatenate([batches[-2], batches.pop()])
+        tail = batches.pop()
+        batches[-1] = np.concatenate([batches[-1], tail])
     return batches
 
 
@@ -96,11 +97,13 @@ def _infonce_stats(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-row loss and y_hat for a stack of equal-size batches.
 
-    ``image``, ``text``: (m, B, d). Returns two (m, B) float64 arrays:
+    ``image``, ``text``: (m, B, d) float32. Returns two (m, B) float64 arrays:
     ``CE(i2t) + CE(t2i)`` and the mean of the row- and column-softmax
     diagonals (the released ``predict``).
     """
-    logits = np.matmul(image, np.swapaxes(text, 1, 2)) / temperature  # (m, B, B)
+    # float32 matmul (the embeddings' precision, and much faster than
+    # float64 batched matmul), softmax arithmetic in float64.
+    logits = np.matmul(image, np.swapaxes(text, 1, 2)).astype(np.float64) / temperature
     diag = np.diagonal(logits, axis1=1, axis2=2)
     # log-sum-exp with max subtraction: logits reach 1/0.07 ~ 14 in magnitude.
     row_max = logits.max(axis=2, keepdims=True)
@@ -220,8 +223,8 @@ class SPSScorer:
         return loss.astype(np.float32), y_hat.astype(np.float32)
 
     def _score(self, pairs: Pairs, idx: np.ndarray, loss: np.ndarray, y_hat: np.ndarray) -> None:
-        image = pairs.image[idx].astype(np.float64)
-        text = pairs.text[idx].astype(np.float64)
+        image = pairs.image[idx]
+        text = pairs.text[idx]
         batch_loss, batch_y = _infonce_stats(image, text, self.temperature)
         loss[idx] = batch_loss
         y_hat[idx] = batch_y
@@ -247,6 +250,15 @@ class SPSScorer:
         Returns
         -------
         self : SPSScorer
+
+        Notes
+        -----
+        When fitting on a sample drawn from several shards, prefer passing
+        the losses of the sampled rows computed shard by shard
+        (:meth:`per_sample_loss` with each shard's ``seed_key``): those are
+        exactly the values :meth:`transform` will see. Passing the sampled
+        rows as one Pairs re-batches them across shards instead (same
+        distribution, different values).
         """
         if isinstance(pairs_or_losses, Pairs):
             losses = self.per_sample_loss(pairs_or_losses, seed_key).astype(np.float64)

@@ -1,0 +1,44 @@
+"""Shared fixtures: a tiny open_clip checkpoint on disk and generated shards.
+
+Everything is made locally (no hub): the checkpoint is a random-initialised
+``nclean-tiny`` saved to a file and loaded back through the users' path.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cleaner import shapes
+from cleaner.estimator import save_random_checkpoint
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+TINY = "nclean-tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    return save_random_checkpoint(TINY, tmp_path_factory.mktemp("ckpt") / "tiny.pt", seed=0)
+
+
+@pytest.fixture(scope="session")
+def shard_dir(tmp_path_factory) -> Path:
+    """3 shards x 40 generated samples (30% shuffled captions) + planted bad samples."""
+    out = tmp_path_factory.mktemp("shards")
+    data = shapes.generate(120, seed=1)
+    data, _ = shapes.add_caption_noise(data, 0.3, seed=1)
+    shapes.write_shards(data, out, shard_size=40, plant_corrupt=True)
+    return out
+
+
+def run_cli(*args, check=True, timeout=300, env=None) -> subprocess.CompletedProcess:
+    """Run the real console entry point in a subprocess."""
+    cmd = [sys.executable, "-c", "from cleaner.cli import main; main()", *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"nclean {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stderr[-3000:]}")
+    return proc
