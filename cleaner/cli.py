@@ -202,7 +202,9 @@ def demo(
 def main() -> None:
     """Console entry point: one-line errors, never a traceback for user errors."""
     try:
-        app(standalone_mode=False)
+        # standalone_mode=False: click returns typer.Exit's code instead of exiting
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except NcleanError as exc:
         print(f"nclean: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

@@ -130,6 +130,14 @@ class EmbeddingCache:
     def num_rows(self, stem: str) -> int:
         return pq.read_metadata(self.meta_path(stem)).num_rows
 
+    def ok_mask(self, stem: str) -> np.ndarray:
+        """Which rows are scorable. nclean's own partitions say so in their
+        status column; others (clip-retrieval) need their vectors checked."""
+        if self.info(stem) is not None:
+            status = pq.read_table(self.meta_path(stem), columns=["status"]).column("status")
+            return np.asarray(status.to_pylist(), dtype=object) == "ok"
+        return self.load(stem).ok
+
     def open_vectors(self, stem: str) -> tuple[np.ndarray, np.ndarray]:
         """Memory-mapped (image, text) arrays, for sampling rows cheaply."""
         return np.load(self.img_path(stem), mmap_mode="r"), np.load(self.text_path(stem), mmap_mode="r")

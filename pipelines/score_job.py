@@ -109,8 +109,7 @@ def _fit_id(fit: dict) -> str:
 def _ok_counts(cache: EmbeddingCache, stems: list[str]) -> list[int]:
     counts = []
     for stem in stems:
-        status = pq.read_table(cache.meta_path(stem), columns=["status"]).column("status").to_numpy(zero_copy_only=False)
-        counts.append(int((status == "ok").sum()))
+        counts.append(int(cache.ok_mask(stem).sum()))
     return counts
 
 
@@ -124,8 +123,7 @@ def _gather_rows(cache: EmbeddingCache, stems: list[str], ok_counts: list[int], 
     shard_of = np.searchsorted(offsets, sorted_rows, side="right") - 1
     for s in np.unique(shard_of):
         stem = stems[s]
-        status = pq.read_table(cache.meta_path(stem), columns=["status"]).column("status").to_numpy(zero_copy_only=False)
-        ok_idx = np.flatnonzero(status == "ok")
+        ok_idx = np.flatnonzero(cache.ok_mask(stem))
         img, txt = cache.open_vectors(stem)
         arr = img if which == "image" else txt
         sel = shard_of == s
