@@ -87,7 +87,7 @@ def score(
     shards: list[str] = typer.Argument(None, help="Shards: a directory, a glob, a brace pattern (data-{000000..000099}.tar) or paths."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder of per-shard parts, or a .parquet file (parts go to <name>.parts/ and are merged)."),
     embeddings: Path = typer.Option(None, "--embeddings", help="Score precomputed embeddings (nclean embed or clip-retrieval layout) instead of shards."),
-    methods: str = typer.Option("osa", "--methods", help="Comma-separated: osa, sdd, sps."),
+    methods: str = typer.Option("osa,sdd,sps", "--methods", help="Comma-separated: osa, sdd, sps."),
     model: str = ModelOpt,
     pretrained: str = PretrainedOpt,
     device: str = DeviceOpt,
@@ -102,6 +102,16 @@ def score(
     beta_samples: int = typer.Option(None, "--beta-samples", help="K for the beta estimate [default: 64 for noise, 10000 for shuffled]."),
     beta: float = typer.Option(None, "--beta", help="Set beta by hand (cosine units); skips estimation."),
     seed: int = typer.Option(0, "--seed", help="Seed for every random choice (beta sampling, fit samples, batches)."),
+    sdd_alpha: float = typer.Option(20.0, "--sdd-alpha", help="SDD self-drop: keep a pair if 100*cosine > alpha."),
+    sdd_beta_c: float = typer.Option(30.0, "--sdd-beta-c", help="SDD clean set (memory-bank pool): 100*cosine > beta_c."),
+    sps_batch_size: int = typer.Option(128, "--sps-batch-size", help="SPS: rows per shuffled InfoNCE batch for the per-sample loss."),
+    sps_eps1: float = typer.Option(0.99, "--sps-eps1", help="SPS: reliable if clean probability > eps1 (paper 0.99; released code 0.6)."),
+    sps_eps2: float = typer.Option(0.5, "--sps-eps2", help="SPS: noisy if clean probability <= eps2."),
+    sps_proxy_label: str = typer.Option("code", "--sps-proxy-label", help="SPS proxy label: 'code' (match prob x image cosine, 0 below 0.5) or 'paper' (1/(gamma+exp(-b*S)))."),
+    sps_gamma: float = typer.Option(1.0, "--sps-gamma", help="gamma of the paper's proxy label."),
+    sps_b: float = typer.Option(5.0, "--sps-b", help="b of the paper's proxy label."),
+    fit_sample: int = typer.Option(1_000_000, "--fit-sample", help="Rows used for global fits (GMMs); a seeded uniform sample when there are more."),
+    exact_threshold: int = typer.Option(200_000, "--exact-threshold", help="Nearest neighbours: exact faiss search up to this many pool rows, IVF above (recall logged)."),
     overwrite: bool = OverwriteOpt,
     progress: bool = ProgressOpt,
     debug: bool = DebugOpt,
@@ -112,6 +122,7 @@ def score(
     """
     _DEBUG["on"] = debug
     from cleaner.schema import parse_methods
+    from pipelines.methods import MethodSettings
     from pipelines.score_job import ScoreJob, ScoreSettings, run_score
 
     try:
@@ -125,13 +136,26 @@ def score(
         cache=str(cache) if cache else None,
         estimator=_estimator(model, pretrained, device, precision),
         sample_spec=_spec(image_key, text_key, uid_field),
-        settings=ScoreSettings(methods=method_list, beta_source=beta_source, beta_samples=beta_samples, beta=beta, seed=seed),
+        settings=ScoreSettings(
+            methods=method_list, beta_source=beta_source, beta_samples=beta_samples, beta=beta, seed=seed,
+            method=MethodSettings(
+                sdd_alpha=sdd_alpha, sdd_beta_c=sdd_beta_c, sps_batch_size=sps_batch_size, sps_eps1=sps_eps1,
+                sps_eps2=sps_eps2, sps_proxy_label=sps_proxy_label, sps_gamma=sps_gamma, sps_b=sps_b,
+                fit_sample=fit_sample, exact_threshold=exact_threshold,
+            ),
+        ),
         batch_size=batch_size,
         workers=workers,
         overwrite=overwrite,
         progress=progress,
         argv=sys.argv[1:],
     )
+    if sps_proxy_label not in ("code", "paper"):
+        raise ConfigError("--sps-proxy-label must be code or paper")
+    if not 0 <= sps_eps2 <= sps_eps1 <= 1:
+        raise ConfigError("need 0 <= --sps-eps2 <= --sps-eps1 <= 1")
+    if fit_sample < 2 or sps_batch_size < 2:
+        raise ConfigError("--fit-sample and --sps-batch-size must be at least 2")
     if not job.shards and not job.embeddings:
         raise ConfigError("give shards to score, or --embeddings DIR")
     summary = run_score(job)

@@ -32,13 +32,13 @@ from cleaner.beta import DEFAULT_NOISE_K, DEFAULT_SHUFFLED_K, BetaEstimate, nois
 from cleaner.decode import SampleSpec
 from cleaner.embcache import EmbeddingCache, validate_dir
 from cleaner.errors import ConfigError, NothingScoredError
-from cleaner.scorers.base import Pairs
 from cleaner.scorers.osa import OSAScorer
 from cleaner.shards import expand_shards, shard_stem
-from cleaner.sidecar import atomic_write_table, build_part, merge_parts, part_is_valid
+from cleaner.sidecar import atomic_write_table, merge_parts, part_is_valid
 
 from .embed_job import EmbedReport, EstimatorSpec, run_embed
 from .layout import OutputLayout
+from .methods import MethodSettings, ShardView, build_indexes, fit_methods, scorers_from_params, transform_shard
 
 
 @dataclass
@@ -50,6 +50,7 @@ class ScoreSettings:
     beta_samples: int | None = None  # K; None = the source's default
     beta: float | None = None  # set by hand: skips estimation
     seed: int = 0
+    method: MethodSettings = field(default_factory=MethodSettings)
 
 
 @dataclass
@@ -93,7 +94,7 @@ def _check_settings(job: ScoreJob) -> None:
         raise ConfigError(f"--beta-source must be noise or shuffled, not {st.beta_source!r}")
     if (job.shards is None) == (job.embeddings is None):
         raise ConfigError("give shards, or --embeddings DIR, but not both")
-    if job.embeddings is not None and st.beta is None and st.beta_source == "noise":
+    if "osa" in st.methods and job.embeddings is not None and st.beta is None and st.beta_source == "noise":
         raise ConfigError(
             "--beta-source noise needs the model, which --embeddings input does not load; "
             "use --beta-source shuffled or set --beta VALUE"
@@ -137,23 +138,40 @@ def _gather_rows(cache: EmbeddingCache, stems: list[str], ok_counts: list[int], 
     return out
 
 
-def _fit(job: ScoreJob, cache: EmbeddingCache, stems: list[str]) -> dict:
+def _estimate_beta(job: ScoreJob, cache: EmbeddingCache, stems: list[str], counts: list[int]) -> BetaEstimate:
     st = job.settings
     if st.beta is not None:
-        beta = BetaEstimate.manual(st.beta)
-    elif st.beta_source == "noise":
+        return BetaEstimate.manual(st.beta)
+    if st.beta_source == "noise":
         k = st.beta_samples or DEFAULT_NOISE_K
         _log(f"estimating beta from {k} noise images x {k} random token sequences ...")
-        beta = noise_beta(job.estimator.get(), k=k, seed=st.seed)
-    else:
-        k = st.beta_samples or DEFAULT_SHUFFLED_K
-        counts = _ok_counts(cache, stems)
-        if sum(counts) < 2:
-            raise NothingScoredError("shuffled beta needs at least two scorable samples; none or one found")
-        i, j = sample_mismatched_indices(counts, k, st.seed)
-        beta = shuffled_beta_from_rows(_gather_rows(cache, stems, counts, i, "image"), _gather_rows(cache, stems, counts, j, "text"), st.seed)
-    _log(f"beta = {beta.value:.4f} (source {beta.source}, K={beta.k}, std {beta.std:.4f}, se {beta.se:.5f})")
-    return {"settings": asdict(st), "beta": beta.to_dict(), "scorers": {"osa": OSAScorer(beta).get_params()}}
+        return noise_beta(job.estimator.get(), k=k, seed=st.seed)
+    k = st.beta_samples or DEFAULT_SHUFFLED_K
+    if sum(counts) < 2:
+        raise NothingScoredError("shuffled beta needs at least two scorable samples; none or one found")
+    i, j = sample_mismatched_indices(counts, k, st.seed)
+    return shuffled_beta_from_rows(
+        _gather_rows(cache, stems, counts, i, "image"), _gather_rows(cache, stems, counts, j, "text"), st.seed
+    )
+
+
+def _fit(job: ScoreJob, cache: EmbeddingCache, stems: list[str]) -> dict:
+    st = job.settings
+    counts = _ok_counts(cache, stems)
+    if sum(counts) == 0:
+        raise NothingScoredError("nothing could be scored: no shard has a single usable sample")
+    fit: dict = {"settings": asdict(st), "scorers": {}}
+    if "osa" in st.methods:
+        beta = _estimate_beta(job, cache, stems, counts)
+        _log(f"beta = {beta.value:.4f} (source {beta.source}, K={beta.k}, std {beta.std:.4f}, se {beta.se:.5f})")
+        fit["beta"] = beta.to_dict()
+        fit["scorers"]["osa"] = {"beta": beta.to_dict()}
+    try:
+        fit["scorers"].update(fit_methods(st.methods, st.method, st.seed, cache, stems, counts, job.progress))
+    except ValueError as exc:
+        raise NothingScoredError(str(exc)) from None
+    fit["ok_counts"] = counts
+    return fit
 
 
 def _load_or_fit(job: ScoreJob, layout: OutputLayout, cache: EmbeddingCache, stems: list[str]) -> dict:
@@ -175,17 +193,6 @@ def _load_or_fit(job: ScoreJob, layout: OutputLayout, cache: EmbeddingCache, ste
     tmp.write_text(json.dumps(fit, sort_keys=True, indent=1))
     tmp.replace(layout.fit_path)
     return fit
-
-
-def _transform_shard(stem: str, cache: EmbeddingCache, scorers: dict, methods: list[str], metadata: dict):
-    shard = cache.load(stem)
-    ok = shard.ok
-    keys = np.asarray(shard.meta.column("key").to_pylist(), dtype=object)
-    pairs = Pairs(image=shard.image[ok], text=shard.text[ok], keys=keys[ok])
-    columns: dict[str, np.ndarray] = {}
-    for name in methods:
-        columns.update(scorers[name].transform(pairs))
-    return build_part(shard.meta, ok, columns, methods, metadata)
 
 
 def run_score(job: ScoreJob) -> ScoreSummary:
@@ -219,30 +226,39 @@ def run_score(job: ScoreJob) -> ScoreSummary:
     summary.fit = fit
     fit_id = _fit_id(fit)
     methods = job.settings.methods
-    scorers = {"osa": OSAScorer.from_params(fit["scorers"]["osa"])}
+    scorers = scorers_from_params(fit["scorers"])
     base_meta = {
         "nclean_version": __version__,
         "schema_version": S.SCHEMA_VERSION,
         "methods": methods,
         "fit_id": fit_id,
         "estimator": job.estimator.identity() if job.embeddings is None else {"embeddings": str(job.embeddings)},
-        "beta": fit["beta"],
+        "beta": fit.get("beta"),
         "params": fit["scorers"],
         "settings": asdict(job.settings),
         "sample_spec": asdict(job.sample_spec),
         "argv": job.argv,
     }
-
-    bar = tqdm(stems, desc="score", unit="shard", disable=not job.progress, file=sys.stderr, dynamic_ncols=True)
-    for stem in bar:
-        part = layout.part_path(stem)
-        if not job.overwrite and part.exists() and part_is_valid(part, {"fit_id": fit_id}):
-            summary.parts_skipped += 1
-            continue
-        table = _transform_shard(stem, cache, scorers, methods, {**base_meta, "shard": stem})
-        atomic_write_table(table, part)
-        summary.parts_written += 1
-    bar.close()
+    todo = [
+        (pos, stem) for pos, stem in enumerate(stems)
+        if job.overwrite or not (layout.part_path(stem).exists() and part_is_valid(layout.part_path(stem), {"fit_id": fit_id}))
+    ]
+    summary.parts_skipped = len(stems) - len(todo)
+    if todo:
+        # Neighbour pools span all shards, so they are built before any part
+        # is written (and rebuilt, identically, by a resumed run).
+        dim = _dim(cache, stems)
+        indexes = build_indexes(scorers, fit["scorers"], job.settings.method, job.settings.seed, cache, stems, dim, job.progress)
+        base_meta["neighbors"] = indexes.describe()
+        if base_meta["neighbors"]:  # kept for the merge of a later no-op run
+            tmp = layout.state_dir / ".neighbors.json.tmp"
+            tmp.write_text(json.dumps(base_meta["neighbors"], indent=1, sort_keys=True, default=str))
+            tmp.replace(layout.state_dir / "neighbors.json")
+        for pos, stem in tqdm(todo, desc="score", unit="shard", disable=not job.progress, file=sys.stderr, dynamic_ncols=True):
+            view = ShardView.load(cache, stem, pos)
+            table = transform_shard(view, stem, scorers, indexes, methods, {**base_meta, "shard": stem})
+            atomic_write_table(table, layout.part_path(stem))
+            summary.parts_written += 1
 
     # Summary counts come from the parts themselves: what a reader will see.
     counts: Counter = Counter()
@@ -256,6 +272,9 @@ def run_score(job: ScoreJob) -> ScoreSummary:
         summary.shard_warnings[stem] = warns
 
     if layout.merged is not None:
+        neighbors_json = layout.state_dir / "neighbors.json"
+        if "neighbors" not in base_meta and neighbors_json.exists():
+            base_meta["neighbors"] = json.loads(neighbors_json.read_text())
         merged_meta = {**base_meta, "shards": stems}
         if summary.parts_written or not _merged_is_current(layout.merged, fit_id, summary.rows, stems):
             merge_parts(parts, layout.merged, merged_meta)
@@ -265,6 +284,11 @@ def run_score(job: ScoreJob) -> ScoreSummary:
         detail = ", ".join(f"{k}: {v}" for k, v in summary.status_counts.items()) or "no samples"
         raise NothingScoredError(f"nothing could be scored ({detail}); see the status column in {layout.parts_dir}")
     return summary
+
+
+def _dim(cache: EmbeddingCache, stems: list[str]) -> int:
+    img, _ = cache.open_vectors(stems[0])
+    return int(img.shape[1])
 
 
 def _merged_is_current(path: Path, fit_id: str, rows: int, stems: list[str]) -> bool:

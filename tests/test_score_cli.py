@@ -52,7 +52,7 @@ def test_schema_types_and_values(scored):
     out, _ = scored
     table = pq.read_table(out)
     meta = S.validate(table.schema)
-    assert meta["schema_version"] == S.SCHEMA_VERSION and meta["methods"] == ["osa"]
+    assert meta["schema_version"] == S.SCHEMA_VERSION and meta["methods"] == ["osa", "sdd", "sps"]
     assert meta["beta"]["source"] == "noise" and meta["beta"]["k"] == 64 and meta["beta"]["se"] > 0
     assert meta["estimator"]["model"] == TINY
     for name, typ in [("key", pa.string()), ("index", pa.int64()), ("cosine", pa.float32()), ("osa_weight", pa.float32())]:

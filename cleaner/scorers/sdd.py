@@ -97,20 +97,25 @@ class SDDScorer:
         """``100 * s`` per pair, float64."""
         return LOGIT_SCALE * pairs.cosine.astype(np.float64)
 
-    def fit(self, pairs: Pairs) -> SDDScorer:
+    def fit(self, pairs: Pairs | np.ndarray) -> SDDScorer:
         """Fit the confidence-weight GMM on ``100 * s`` of the given pairs.
 
         Parameters
         ----------
-        pairs : Pairs
+        pairs : Pairs or np.ndarray
             All pairs of the dataset (dropped ones included, as SDD does), or
-            a seeded sample of them. At least 2 rows.
+            a seeded sample of them, at least 2 rows; or just their cosines
+            (the fit needs nothing else, which keeps a web-scale fit sample
+            to one float per row).
 
         Returns
         -------
         self : SDDScorer
         """
-        x = self.logits(pairs)
+        if isinstance(pairs, Pairs):
+            x = self.logits(pairs)
+        else:
+            x = LOGIT_SCALE * np.asarray(pairs, dtype=np.float64).reshape(-1)
         self.gmm_ = fit_gmm_1d(
             x,
             max_iter=RELEASED_MAX_ITER,
