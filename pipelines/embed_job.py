@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cleaner import __version__
+from cleaner import __version__, faults
 from cleaner.decode import SampleSpec
 from cleaner.embcache import EmbeddingCache
 from cleaner.embed import ShardResult, embed_shards
@@ -111,6 +111,7 @@ def run_embed(
                 "warnings": result.warnings, "estimator": estimator.describe()}
         cache.write(result.stem, result.meta, result.image, result.text, info)
         report.embedded.append(result.stem)
+        faults.checkpoint("embed")
         report.samples += len(result.meta)
 
     def on_batch(n: int) -> None:

@@ -64,7 +64,9 @@ def new_scorers(methods: list[str], ms: MethodSettings, seed: int) -> dict:
 
 
 def scorers_from_params(params: dict) -> dict:
-    out = {"osa": OSAScorer.from_params(params["osa"])}
+    out = {}
+    if "osa" in params:
+        out["osa"] = OSAScorer.from_params(params["osa"])
     if "sdd" in params:
         out["sdd"] = SDDScorer.from_params(params["sdd"])
     if "sps" in params:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from cleaner import __version__
+from cleaner import faults
 from cleaner import schema as S
 from cleaner.beta import DEFAULT_NOISE_K, DEFAULT_SHUFFLED_K, BetaEstimate, noise_beta, sample_mismatched_indices, shuffled_beta_from_rows
 from cleaner.decode import SampleSpec
@@ -67,6 +69,9 @@ class ScoreJob:
     overwrite: bool = False
     progress: bool = True
     argv: list[str] = field(default_factory=list)
+    # called with a phase name (embed, fit, index, transform, merge) as each
+    # starts and with "done" at the end; benchmarks hang timers on it
+    on_phase: object = None
 
 
 @dataclass
@@ -81,6 +86,7 @@ class ScoreSummary:
     merged_written: bool = False
     parts_dir: str = ""
     fit: dict = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
 
 
 # ---------------------------------------------------------------------------
@@ -195,12 +201,28 @@ def _load_or_fit(job: ScoreJob, layout: OutputLayout, cache: EmbeddingCache, ste
     return fit
 
 
+class _Phases:
+    def __init__(self, summary: ScoreSummary, callback):
+        self.summary, self.callback = summary, callback
+        self.name, self.t0 = None, 0.0
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        if self.name is not None:
+            self.summary.timings[self.name] = self.summary.timings.get(self.name, 0.0) + now - self.t0
+        self.name, self.t0 = (None if name == "done" else name), now
+        if self.callback is not None:
+            self.callback(name)
+
+
 def run_score(job: ScoreJob) -> ScoreSummary:
     """Run the whole job; return what happened. Raises NcleanError subclasses
     for configuration problems and when nothing at all could be scored."""
     _check_settings(job)
     layout = OutputLayout.from_out(job.out)
     summary = ScoreSummary(parts_dir=str(layout.parts_dir), merged=str(layout.merged) if layout.merged else None)
+    phase = _Phases(summary, job.on_phase)
+    phase("embed")
     if job.embeddings is not None:
         cache = validate_dir(job.embeddings)
         layout.prepare(job.overwrite)
@@ -222,6 +244,7 @@ def run_score(job: ScoreJob) -> ScoreSummary:
         if not stems:
             raise NothingScoredError("no shard could be read: " + "; ".join(embed_report.fatal.values()))
 
+    phase("fit")
     fit = _load_or_fit(job, layout, cache, stems)
     summary.fit = fit
     fit_id = _fit_id(fit)
@@ -247,6 +270,7 @@ def run_score(job: ScoreJob) -> ScoreSummary:
     if todo:
         # Neighbour pools span all shards, so they are built before any part
         # is written (and rebuilt, identically, by a resumed run).
+        phase("index")
         dim = _dim(cache, stems)
         indexes = build_indexes(scorers, fit["scorers"], job.settings.method, job.settings.seed, cache, stems, dim, job.progress)
         base_meta["neighbors"] = indexes.describe()
@@ -254,12 +278,15 @@ def run_score(job: ScoreJob) -> ScoreSummary:
             tmp = layout.state_dir / ".neighbors.json.tmp"
             tmp.write_text(json.dumps(base_meta["neighbors"], indent=1, sort_keys=True, default=str))
             tmp.replace(layout.state_dir / "neighbors.json")
+        phase("transform")
         for pos, stem in tqdm(todo, desc="score", unit="shard", disable=not job.progress, file=sys.stderr, dynamic_ncols=True):
             view = ShardView.load(cache, stem, pos)
             table = transform_shard(view, stem, scorers, indexes, methods, {**base_meta, "shard": stem})
             atomic_write_table(table, layout.part_path(stem))
             summary.parts_written += 1
+            faults.checkpoint("part")
 
+    phase("merge")
     # Summary counts come from the parts themselves: what a reader will see.
     counts: Counter = Counter()
     parts = [layout.part_path(s) for s in stems]
@@ -280,6 +307,7 @@ def run_score(job: ScoreJob) -> ScoreSummary:
             merge_parts(parts, layout.merged, merged_meta)
             summary.merged_written = True
 
+    phase("done")
     if counts.get("ok", 0) == 0:
         detail = ", ".join(f"{k}: {v}" for k, v in summary.status_counts.items()) or "no samples"
         raise NothingScoredError(f"nothing could be scored ({detail}); see the status column in {layout.parts_dir}")
