@@ -52,13 +52,13 @@ ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress
 DebugOpt = typer.Option(False, "--debug", help="Show full tracebacks on internal errors.")
 
 
-def _spec(image_key: str, text_key: str, uid_field: str | None) -> SampleSpec:
+def _spec(image_key: str, text_key: str, uid_field: str | None, label_key: str | None = None) -> SampleSpec:
     keys = tuple(k.strip().lower() for k in image_key.replace(",", ";").split(";") if k.strip())
     if not keys:
         raise ConfigError("--image-key needs at least one extension")
     if text_key.startswith("json:") and len(text_key) == 5:
         raise ConfigError("--text-key json:<field> needs a field name")
-    return SampleSpec(image_keys=keys, text_key=text_key, uid_field=uid_field)
+    return SampleSpec(image_keys=keys, text_key=text_key, uid_field=uid_field, label_key=label_key)
 
 
 def _estimator(model, pretrained, device, precision):
@@ -82,12 +82,25 @@ def _print_summary(summary) -> None:
         print(f"sidecar: {summary.merged}{'' if summary.merged_written else ' (unchanged)'}", file=err)
 
 
+def _check_clipcleaner_options(prompt_aggregate, induced, folds, theta_cons, theta_gmm, estimators, selectors, combine):
+    from cleaner.scorers.clipcleaner import CLIPCleanerScorer
+
+    try:
+        CLIPCleanerScorer(
+            2, theta_cons=theta_cons, theta_gmm=theta_gmm, prompt_aggregate=prompt_aggregate, induced=induced,
+            n_folds=folds, estimators=[x.strip() for x in estimators.split(",") if x.strip()],
+            selectors=[x.strip() for x in selectors.split(",") if x.strip()], combine=combine,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"CLIPCleaner option: {exc}") from None
+
+
 @app.command()
 def score(
     shards: list[str] = typer.Argument(None, help="Shards: a directory, a glob, a brace pattern (data-{000000..000099}.tar) or paths."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder of per-shard parts, or a .parquet file (parts go to <name>.parts/ and are merged)."),
     embeddings: Path = typer.Option(None, "--embeddings", help="Score precomputed embeddings (nclean embed or clip-retrieval layout) instead of shards."),
-    methods: str = typer.Option("osa,sdd,sps", "--methods", help="Comma-separated: osa, sdd, sps."),
+    methods: str = typer.Option("osa,sdd,sps", "--methods", help="Comma-separated: osa, sdd, sps, clipcleaner (the last needs labelled shards and --classes)."),
     model: str = ModelOpt,
     pretrained: str = PretrainedOpt,
     device: str = DeviceOpt,
@@ -112,6 +125,18 @@ def score(
     sps_b: float = typer.Option(5.0, "--sps-b", help="b of the paper's proxy label."),
     fit_sample: int = typer.Option(1_000_000, "--fit-sample", help="Rows used for global fits (GMMs); a seeded uniform sample when there are more."),
     exact_threshold: int = typer.Option(200_000, "--exact-threshold", help="Nearest neighbours: exact faiss search up to this many pool rows, IVF above (recall logged)."),
+    classes: Path = typer.Option(None, "--classes", help="CLIPCleaner: class names, one per line (line number = label id), or a JSON list."),
+    prompts: Path = typer.Option(None, "--prompts", help="CLIPCleaner: JSON mapping class name -> list of prompts [default: built-in CLIP templates]."),
+    label_key: str = typer.Option(None, "--label-key", help="CLIPCleaner: label member ('cls', an integer) or json:<field> [default: cls]."),
+    prompt_aggregate: str = typer.Option("sum", "--prompt-aggregate", help="CLIPCleaner: combine a class's prompts by 'sum' (released code) or 'mean'."),
+    induced: str = typer.Option("oof", "--induced", help="CLIPCleaner induced classifier: 'oof' (out-of-fold) or 'in-sample' (released code)."),
+    folds: int = typer.Option(5, "--folds", help="CLIPCleaner: folds for out-of-fold predictions."),
+    theta_cons: float = typer.Option(0.8, "--theta-cons", help="CLIPCleaner consistency threshold p(y|x)/max_k p(k|x)."),
+    theta_gmm: float = typer.Option(0.5, "--theta-gmm", help="CLIPCleaner per-class GMM clean-posterior threshold."),
+    cc_estimators: str = typer.Option("zs,ind", "--cc-estimators", help="CLIPCleaner estimators that vote: zs, ind."),
+    cc_selectors: str = typer.Option("consistency,gmm", "--cc-selectors", help="CLIPCleaner selectors: consistency, gmm."),
+    cc_combine: str = typer.Option("intersection", "--cc-combine", help="CLIPCleaner: 'intersection' (conservative) or 'union' of the verdicts."),
+    cc_fit_sample: int = typer.Option(200_000, "--cc-fit-sample", help="CLIPCleaner: labelled rows to fit on (stratified sample above)."),
     overwrite: bool = OverwriteOpt,
     progress: bool = ProgressOpt,
     debug: bool = DebugOpt,
@@ -135,13 +160,19 @@ def score(
         embeddings=str(embeddings) if embeddings else None,
         cache=str(cache) if cache else None,
         estimator=_estimator(model, pretrained, device, precision),
-        sample_spec=_spec(image_key, text_key, uid_field),
+        sample_spec=_spec(image_key, text_key, uid_field, label_key),
         settings=ScoreSettings(
             methods=method_list, beta_source=beta_source, beta_samples=beta_samples, beta=beta, seed=seed,
             method=MethodSettings(
                 sdd_alpha=sdd_alpha, sdd_beta_c=sdd_beta_c, sps_batch_size=sps_batch_size, sps_eps1=sps_eps1,
                 sps_eps2=sps_eps2, sps_proxy_label=sps_proxy_label, sps_gamma=sps_gamma, sps_b=sps_b,
                 fit_sample=fit_sample, exact_threshold=exact_threshold,
+                cc_classes=str(classes) if classes else None, cc_prompts=str(prompts) if prompts else None,
+                cc_prompt_aggregate=prompt_aggregate, cc_induced=induced, cc_folds=folds,
+                cc_theta_cons=theta_cons, cc_theta_gmm=theta_gmm,
+                cc_estimators=tuple(x.strip() for x in cc_estimators.split(",") if x.strip()),
+                cc_selectors=tuple(x.strip() for x in cc_selectors.split(",") if x.strip()),
+                cc_combine=cc_combine, cc_fit_sample=cc_fit_sample,
             ),
         ),
         batch_size=batch_size,
@@ -150,6 +181,10 @@ def score(
         progress=progress,
         argv=sys.argv[1:],
     )
+    if "clipcleaner" in method_list:
+        _check_clipcleaner_options(prompt_aggregate, induced, folds, theta_cons, theta_gmm, cc_estimators, cc_selectors, cc_combine)
+    elif classes or prompts or label_key:
+        raise ConfigError("--classes/--prompts/--label-key apply to --methods clipcleaner")
     if sps_proxy_label not in ("code", "paper"):
         raise ConfigError("--sps-proxy-label must be code or paper")
     if not 0 <= sps_eps2 <= sps_eps1 <= 1:

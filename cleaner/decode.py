@@ -153,7 +153,9 @@ class SampleSpec:
     image_keys: tuple[str, ...] = DEFAULT_IMAGE_KEYS
     text_key: str = "txt"
     uid_field: str | None = None
-    label_key: str | None = None
+    label_key: str | None = None  # cls, or json:<field>; set only when labels are scored
+    n_classes: int | None = None  # labels must lie in [0, n_classes)
+    text_required: bool = True  # False for label-only scoring: a missing caption embeds as ""
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     def wanted_members(self) -> set[str]:
@@ -175,6 +177,31 @@ def read_uid(members: dict, uid_field: str | None) -> str | None:
     return None if value is None else str(value)
 
 
+def read_label(members: dict, label_key: str, n_classes: int | None) -> tuple[int | None, str | None]:
+    """Return (label, error); error is set when the label is missing or bad."""
+    ext, field = parse_text_key(label_key)
+    raw = members.get(ext)
+    if raw is None:
+        return None, f"label member .{ext} absent"
+    try:
+        value = _json_field(json.loads(raw), field) if field else raw.decode("utf-8").strip()
+    except (ValueError, UnicodeDecodeError):
+        return None, f"label member .{ext} unreadable"
+    if value is None:
+        return None, f"label field {field!r} absent"
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        return None, f"label {value!r} is not an integer"
+    try:
+        label = int(value)
+    except (TypeError, ValueError):
+        return None, f"label {str(value)[:40]!r} is not an integer"
+    if isinstance(value, str) and value.strip() != str(label):
+        return None, f"label {value[:40]!r} is not an integer"
+    if label < 0 or (n_classes is not None and label >= n_classes):
+        return None, f"label {label} out of range [0, {n_classes})"
+    return label, None
+
+
 def prepare_sample(raw: RawSample, spec: SampleSpec, image_transform=None, tokenizer=None, draft_size=None) -> Prepared:
     """Decode one raw sample. ``image_transform`` maps a PIL RGB image to a
     PIL image of the model's input size (resize + crop, no tensor
@@ -184,11 +211,18 @@ def prepare_sample(raw: RawSample, spec: SampleSpec, image_transform=None, token
     if raw.problem:
         out.status, out.error = raw.problem, raw.problem_detail
         return out
+    if spec.label_key:
+        out.label, error = read_label(raw.members, spec.label_key, spec.n_classes)
+        if error:
+            out.status, out.error = "bad_label", error
+            return out
     ext = next((k for k in spec.image_keys if k in raw.members), None)
     if ext is None:
         out.status, out.error = "missing_image", f"no image member among {','.join(spec.image_keys)}"
         return out
     caption, status, error = decode_caption(raw.members, spec.text_key)
+    if status and not spec.text_required:
+        caption, status, error = "", None, None
     if status:
         out.status, out.error = status, error
         return out

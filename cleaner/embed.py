@@ -34,6 +34,7 @@ META_SCHEMA = pa.schema(
         ("status", pa.string()),
         ("error", pa.string()),
         ("image_path", pa.string()),  # clip-retrieval's name for the key
+        ("label", pa.int64()),  # class label when labels are read (else null)
     ]
 )
 
@@ -167,6 +168,7 @@ def embed_shards(
                     "status": [r.status for r in rows],
                     "error": [r.error for r in rows],
                     "image_path": [r.key for r in rows],
+                    "label": [r.label for r in rows],
                 },
                 schema=META_SCHEMA,
             )

@@ -19,12 +19,14 @@ from __future__ import annotations
 import hashlib
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
 from cleaner.embcache import EmbeddingCache
+from cleaner.errors import ConfigError, InputError
 from cleaner.neighbors import NeighborIndex
 from cleaner.scorers.base import Pairs
 from cleaner.scorers.osa import OSAScorer
@@ -49,6 +51,18 @@ class MethodSettings:
     sps_b: float = 5.0
     fit_sample: int = 1_000_000  # rows used for global fits; all rows when fewer
     exact_threshold: int = 200_000  # faiss: exact search up to this many indexed rows, IVF above
+    # CLIPCleaner (METHODS.md section 3)
+    cc_classes: str | None = None  # classes file (one per line) or JSON list
+    cc_prompts: str | None = None  # JSON: class name -> prompts; None = built-in templates
+    cc_prompt_aggregate: str = "sum"
+    cc_induced: str = "oof"
+    cc_folds: int = 5
+    cc_theta_cons: float = 0.8
+    cc_theta_gmm: float = 0.5
+    cc_estimators: tuple[str, ...] = ("zs", "ind")
+    cc_selectors: tuple[str, ...] = ("consistency", "gmm")
+    cc_combine: str = "intersection"
+    cc_fit_sample: int = 200_000  # labelled rows for the regression and GMMs (stratified sample above)
 
 
 def new_scorers(methods: list[str], ms: MethodSettings, seed: int) -> dict:
@@ -63,7 +77,72 @@ def new_scorers(methods: list[str], ms: MethodSettings, seed: int) -> dict:
     return out
 
 
-def scorers_from_params(params: dict) -> dict:
+def load_class_names(ms: MethodSettings) -> list[str]:
+    from cleaner.prompts import load_classes
+
+    if not ms.cc_classes:
+        raise ConfigError("CLIPCleaner needs --classes FILE (class names, one per line; line number = label id)")
+    try:
+        return load_classes(ms.cc_classes)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--classes {ms.cc_classes}: {exc}") from None
+
+
+def prompt_texts(ms: MethodSettings, classes: list[str]) -> tuple[list[str], np.ndarray]:
+    from cleaner.prompts import build_prompts, load_prompts
+
+    try:
+        prompts = load_prompts(ms.cc_prompts, classes) if ms.cc_prompts else None
+        return build_prompts(classes, prompts)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--prompts {ms.cc_prompts}: {exc}") from None
+
+
+def fit_clipcleaner(ms: MethodSettings, seed: int, cache: EmbeddingCache, stems: list[str], ok_counts: list[int],
+                    encode_prompts, state_dir: Path, progress: bool) -> dict:
+    """Fit CLIPCleaner on the labelled rows (a seeded sample of about
+    ``cc_fit_sample`` rows above that, cut to exactly that many by a
+    stratified draw inside the scorer). Saves the out-of-fold table next to
+    fit.json (it is per-row, too big for JSON) and returns the params."""
+    from cleaner.scorers.clipcleaner import CLIPCleanerScorer
+
+    classes = load_class_names(ms)
+    texts, class_of_prompt = prompt_texts(ms, classes)
+    total = int(sum(ok_counts))
+    rate = 1.0 if total <= ms.cc_fit_sample else min(1.0, 1.2 * ms.cc_fit_sample / total)
+    images, labels, row_ids = [], [], []
+    for pos, stem in enumerate(_bar(stems, "fit clipcleaner", progress)):
+        view = ShardView.load(cache, stem, pos, n_classes=len(classes))
+        take = _sample_mask(len(view.pairs), rate, seed, "cc:" + stem)
+        images.append(view.pairs.image[take])
+        labels.append(view.pairs.labels[take])
+        row_ids.append(view.pairs.row_ids[take])
+    image = np.concatenate(images)
+    if len(image) < 2:
+        raise ValueError("CLIPCleaner needs at least two samples with a valid label")
+    prompt_emb = encode_prompts(texts)
+    scorer = CLIPCleanerScorer(
+        len(classes), theta_cons=ms.cc_theta_cons, theta_gmm=ms.cc_theta_gmm,
+        prompt_aggregate=ms.cc_prompt_aggregate, induced=ms.cc_induced, n_folds=ms.cc_folds,
+        estimators=ms.cc_estimators, selectors=ms.cc_selectors, combine=ms.cc_combine,
+        max_fit_samples=ms.cc_fit_sample if len(image) > ms.cc_fit_sample else None, seed=seed,
+    )
+    scorer.fit(Pairs(image, image, labels=np.concatenate(labels), row_ids=np.concatenate(row_ids)),
+               prompt_emb, class_of_prompt)
+    params = scorer.get_params()
+    params["classes"] = classes
+    params["n_prompts"] = len(texts)
+    if scorer.oof_ is not None:
+        path = state_dir / "clipcleaner_oof.npz"
+        tmp = state_dir / ".clipcleaner_oof.tmp.npz"
+        np.savez(tmp, **scorer.oof_)
+        tmp.replace(path)
+        params["oof_file"] = path.name
+        params["oof_sha1"] = hashlib.sha1(path.read_bytes()).hexdigest()
+    return params
+
+
+def scorers_from_params(params: dict, state_dir: Path | None = None) -> dict:
     out = {}
     if "osa" in params:
         out["osa"] = OSAScorer.from_params(params["osa"])
@@ -71,6 +150,19 @@ def scorers_from_params(params: dict) -> dict:
         out["sdd"] = SDDScorer.from_params(params["sdd"])
     if "sps" in params:
         out["sps"] = SPSScorer.from_params(params["sps"])
+    if "clipcleaner" in params:
+        from cleaner.scorers.clipcleaner import CLIPCleanerScorer
+
+        cc = params["clipcleaner"]
+        oof = None
+        if cc.get("oof_file"):
+            path = state_dir / cc["oof_file"]
+            if not path.exists() or hashlib.sha1(path.read_bytes()).hexdigest() != cc["oof_sha1"]:
+                raise ConfigError(f"{path} is missing or changed since the fit; rerun with --overwrite")
+            with np.load(path, allow_pickle=False) as z:
+                oof = {k: z[k] for k in z.files}
+        core = {k: v for k, v in cc.items() if k not in ("classes", "n_prompts", "oof_file", "oof_sha1")}
+        out["clipcleaner"] = CLIPCleanerScorer.from_params(core, oof=oof)
     return out
 
 
@@ -83,14 +175,44 @@ class ShardView:
     pairs: Pairs
 
     @classmethod
-    def load(cls, cache: EmbeddingCache, stem: str, position: int) -> ShardView:
+    def load(cls, cache: EmbeddingCache, stem: str, position: int, n_classes: int | None = None) -> ShardView:
+        """``n_classes`` set: labels are needed; rows without a valid one
+        become ``bad_label`` status rows (embeddings input can carry any)."""
         shard = cache.load(stem)
-        ok = shard.ok
-        keys = np.asarray(shard.meta.column("key").to_pylist(), dtype=object)
-        index = shard.meta.column("index").to_numpy()
+        meta = shard.meta
+        labels = None
+        if n_classes is not None:
+            meta, labels = _check_labels(meta, n_classes, stem)
+        ok = np.asarray(meta.column("status").to_pylist(), dtype=object) == "ok"
+        keys = np.asarray(meta.column("key").to_pylist(), dtype=object)
+        index = meta.column("index").to_numpy()
         row_ids = (np.int64(position) << ROW_ID_SHIFT) | index.astype(np.int64)
-        pairs = Pairs(image=shard.image[ok], text=shard.text[ok], keys=keys[ok], row_ids=row_ids[ok])
-        return cls(meta=shard.meta, ok=ok, pairs=pairs)
+        pairs = Pairs(
+            image=shard.image[ok], text=shard.text[ok], keys=keys[ok], row_ids=row_ids[ok],
+            labels=None if labels is None else labels[ok],
+        )
+        return cls(meta=meta, ok=ok, pairs=pairs)
+
+
+def _check_labels(meta: pa.Table, n_classes: int, stem: str) -> tuple[pa.Table, np.ndarray]:
+    if "label" not in meta.column_names:
+        raise InputError(
+            f"partition {stem} has no label column: CLIPCleaner needs labelled data "
+            "(shards with a cls member or --label-key json:<field>)"
+        )
+    raw = meta.column("label").to_pylist()
+    labels = np.array([-1 if v is None else int(v) for v in raw], dtype=np.int64)
+    status = np.asarray(meta.column("status").to_pylist(), dtype=object)
+    bad = (status == "ok") & ((labels < 0) | (labels >= n_classes))
+    if bad.any():
+        error = np.asarray(meta.column("error").to_pylist(), dtype=object)
+        status = status.copy()
+        status[bad] = "bad_label"
+        for i in np.flatnonzero(bad):
+            error[i] = "label missing" if labels[i] < 0 else f"label {labels[i]} out of range [0, {n_classes})"
+        meta = meta.set_column(meta.schema.get_field_index("status"), "status", pa.array(status.tolist(), pa.string()))
+        meta = meta.set_column(meta.schema.get_field_index("error"), "error", pa.array(error.tolist(), pa.string()))
+    return meta, labels
 
 
 def _sample_mask(n: int, rate: float, seed: int, stem: str) -> np.ndarray:
@@ -106,7 +228,7 @@ def _bar(items, desc: str, progress: bool):
     return tqdm(items, desc=desc, unit="shard", disable=not progress, file=sys.stderr, dynamic_ncols=True, leave=False)
 
 
-def fit_methods(methods, ms: MethodSettings, seed: int, cache: EmbeddingCache, stems: list[str], ok_counts: list[int], progress: bool) -> dict:
+def fit_methods(methods, ms: MethodSettings, seed: int, cache: EmbeddingCache, stems: list[str], ok_counts: list[int], progress: bool, n_classes: int | None = None) -> dict:
     """Fit SDD / SPS on all rows, or on a seeded sample of ``ms.fit_sample`` rows."""
     scorers = new_scorers(methods, ms, seed)
     if not scorers:
@@ -117,7 +239,7 @@ def fit_methods(methods, ms: MethodSettings, seed: int, cache: EmbeddingCache, s
     for pos, stem in enumerate(_bar(stems, "fit", progress)):
         if ok_counts[pos] == 0:
             continue
-        view = ShardView.load(cache, stem, pos)
+        view = ShardView.load(cache, stem, pos, n_classes)
         take = _sample_mask(len(view.pairs), rate, seed, stem)
         cosines.append(view.pairs.cosine[take])
         if "sps" in scorers:
@@ -152,7 +274,7 @@ class Indexes:
         return {name: idx.describe() for name, idx in vars(self).items() if idx is not None}
 
 
-def build_indexes(scorers: dict, params: dict, ms: MethodSettings, seed: int, cache: EmbeddingCache, stems: list[str], dim: int, progress: bool) -> Indexes:
+def build_indexes(scorers: dict, params: dict, ms: MethodSettings, seed: int, cache: EmbeddingCache, stems: list[str], dim: int, progress: bool, n_classes: int | None = None) -> Indexes:
     """Stream every shard once, adding each method's search pool in chunks."""
     sdd, sps = scorers.get("sdd"), scorers.get("sps")
     idx = Indexes()
@@ -170,7 +292,7 @@ def build_indexes(scorers: dict, params: dict, ms: MethodSettings, seed: int, ca
     total = params[next(iter(m for m in ("sdd", "sps") if m in params))]["fit_rows_total"]
     recall_queries = []
     for pos, stem in enumerate(_bar(stems, "index", progress)):
-        view = ShardView.load(cache, stem, pos)
+        view = ShardView.load(cache, stem, pos, n_classes)
         p = view.pairs
         if len(p) == 0:
             continue
@@ -208,4 +330,11 @@ def transform_shard(view: ShardView, stem: str, scorers: dict, indexes: Indexes,
         columns.update(scorers["sdd"].transform(p, indexes.sdd_image, indexes.sdd_text))
     if "sps" in methods:
         columns.update(scorers["sps"].transform(p, indexes.sps_image, seed_key=stem))
+    if "clipcleaner" in methods:
+        cc = scorers["clipcleaner"].transform(p)
+        for name in ("cc_pred_zs", "cc_pred_ind"):  # -1 means "estimator not used": null
+            v = np.asarray(cc[name]).astype(object)
+            v[np.asarray(cc[name]) < 0] = None
+            cc[name] = v
+        columns.update(cc)
     return build_part(view.meta, view.ok, columns, methods, metadata)

@@ -40,7 +40,16 @@ from cleaner.sidecar import atomic_write_table, merge_parts, part_is_valid
 
 from .embed_job import EmbedReport, EstimatorSpec, run_embed
 from .layout import OutputLayout
-from .methods import MethodSettings, ShardView, build_indexes, fit_methods, scorers_from_params, transform_shard
+from .methods import (
+    MethodSettings,
+    ShardView,
+    build_indexes,
+    fit_clipcleaner,
+    fit_methods,
+    load_class_names,
+    scorers_from_params,
+    transform_shard,
+)
 
 
 @dataclass
@@ -109,6 +118,12 @@ def _check_settings(job: ScoreJob) -> None:
         raise ConfigError("--beta-samples must be at least 2")
 
 
+def _settings_json(settings: ScoreSettings) -> dict:
+    """Settings as they read back from JSON (tuples become lists), so a
+    stored fit compares equal to the same settings given again."""
+    return json.loads(json.dumps(asdict(settings), sort_keys=True))
+
+
 def _fit_id(fit: dict) -> str:
     return hashlib.sha1(json.dumps(fit, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -161,19 +176,62 @@ def _estimate_beta(job: ScoreJob, cache: EmbeddingCache, stems: list[str], count
     )
 
 
+def _n_classes(job: ScoreJob) -> int | None:
+    if "clipcleaner" not in job.settings.methods:
+        return None
+    return len(load_class_names(job.settings.method))
+
+
+def layout_state_dir(job: ScoreJob) -> Path:
+    return OutputLayout.from_out(job.out).state_dir
+
+
+def _prompt_encoder(job: ScoreJob, state_dir: Path):
+    """Prompt texts -> normalised text embeddings, cached in the job's state
+    folder (keyed by the texts and the estimator) so a rerun or another
+    setting does not re-encode them."""
+
+    def encode(texts: list[str]) -> np.ndarray:
+        ident = json.dumps({"texts": texts, "estimator": job.estimator.identity()}, sort_keys=True)
+        digest = hashlib.sha1(ident.encode()).hexdigest()[:16]
+        path = state_dir / f"prompt_emb_{digest}.npy"
+        if path.exists():
+            return np.load(path)
+        est = job.estimator.get()
+        import torch
+
+        out = []
+        for i in range(0, len(texts), 256):
+            tokens = est.tokenizer(texts[i : i + 256])
+            out.append(est.encode_text(torch.as_tensor(tokens)).cpu().numpy())
+        emb = np.concatenate(out).astype(np.float32)
+        tmp = state_dir / f".prompt_emb_{digest}.tmp.npy"
+        np.save(tmp, emb)
+        tmp.replace(path)
+        return emb
+
+    return encode
+
+
 def _fit(job: ScoreJob, cache: EmbeddingCache, stems: list[str]) -> dict:
     st = job.settings
     counts = _ok_counts(cache, stems)
     if sum(counts) == 0:
         raise NothingScoredError("nothing could be scored: no shard has a single usable sample")
-    fit: dict = {"settings": asdict(st), "scorers": {}}
+    fit: dict = {"settings": _settings_json(st), "scorers": {}}
     if "osa" in st.methods:
         beta = _estimate_beta(job, cache, stems, counts)
         _log(f"beta = {beta.value:.4f} (source {beta.source}, K={beta.k}, std {beta.std:.4f}, se {beta.se:.5f})")
         fit["beta"] = beta.to_dict()
         fit["scorers"]["osa"] = {"beta": beta.to_dict()}
+    n_classes = _n_classes(job)
     try:
-        fit["scorers"].update(fit_methods(st.methods, st.method, st.seed, cache, stems, counts, job.progress))
+        fit["scorers"].update(fit_methods(st.methods, st.method, st.seed, cache, stems, counts, job.progress, n_classes))
+        if "clipcleaner" in st.methods:
+            encode = _prompt_encoder(job, layout_state_dir(job))
+            fit["scorers"]["clipcleaner"] = fit_clipcleaner(
+                st.method, st.seed, cache, stems, counts, encode, layout_state_dir(job), job.progress
+            )
     except ValueError as exc:
         raise NothingScoredError(str(exc)) from None
     fit["ok_counts"] = counts
@@ -186,7 +244,7 @@ def _load_or_fit(job: ScoreJob, layout: OutputLayout, cache: EmbeddingCache, ste
             stored = json.loads(layout.fit_path.read_text())
         except (OSError, ValueError):
             stored = None
-        if stored and stored.get("settings") == asdict(job.settings) and stored.get("inputs") == stems:
+        if stored and stored.get("settings") == _settings_json(job.settings) and stored.get("inputs") == stems:
             return stored
         if stored:
             raise ConfigError(
@@ -219,6 +277,12 @@ def run_score(job: ScoreJob) -> ScoreSummary:
     """Run the whole job; return what happened. Raises NcleanError subclasses
     for configuration problems and when nothing at all could be scored."""
     _check_settings(job)
+    n_classes = _n_classes(job)
+    if n_classes is not None:
+        job.sample_spec.label_key = job.sample_spec.label_key or "cls"
+        job.sample_spec.n_classes = n_classes
+        # classification shards need not carry captions when only labels are scored
+        job.sample_spec.text_required = job.settings.methods != ["clipcleaner"]
     layout = OutputLayout.from_out(job.out)
     summary = ScoreSummary(parts_dir=str(layout.parts_dir), merged=str(layout.merged) if layout.merged else None)
     phase = _Phases(summary, job.on_phase)
@@ -249,7 +313,8 @@ def run_score(job: ScoreJob) -> ScoreSummary:
     summary.fit = fit
     fit_id = _fit_id(fit)
     methods = job.settings.methods
-    scorers = scorers_from_params(fit["scorers"])
+    n_classes = _n_classes(job)
+    scorers = scorers_from_params(fit["scorers"], layout.state_dir)
     base_meta = {
         "nclean_version": __version__,
         "schema_version": S.SCHEMA_VERSION,
@@ -257,7 +322,7 @@ def run_score(job: ScoreJob) -> ScoreSummary:
         "fit_id": fit_id,
         "estimator": job.estimator.identity() if job.embeddings is None else {"embeddings": str(job.embeddings)},
         "beta": fit.get("beta"),
-        "params": fit["scorers"],
+        "params": _params_for_metadata(fit["scorers"]),
         "settings": asdict(job.settings),
         "sample_spec": asdict(job.sample_spec),
         "argv": job.argv,
@@ -272,7 +337,7 @@ def run_score(job: ScoreJob) -> ScoreSummary:
         # is written (and rebuilt, identically, by a resumed run).
         phase("index")
         dim = _dim(cache, stems)
-        indexes = build_indexes(scorers, fit["scorers"], job.settings.method, job.settings.seed, cache, stems, dim, job.progress)
+        indexes = build_indexes(scorers, fit["scorers"], job.settings.method, job.settings.seed, cache, stems, dim, job.progress, n_classes)
         base_meta["neighbors"] = indexes.describe()
         if base_meta["neighbors"]:  # kept for the merge of a later no-op run
             tmp = layout.state_dir / ".neighbors.json.tmp"
@@ -280,7 +345,7 @@ def run_score(job: ScoreJob) -> ScoreSummary:
             tmp.replace(layout.state_dir / "neighbors.json")
         phase("transform")
         for pos, stem in tqdm(todo, desc="score", unit="shard", disable=not job.progress, file=sys.stderr, dynamic_ncols=True):
-            view = ShardView.load(cache, stem, pos)
+            view = ShardView.load(cache, stem, pos, n_classes)
             table = transform_shard(view, stem, scorers, indexes, methods, {**base_meta, "shard": stem})
             atomic_write_table(table, layout.part_path(stem))
             summary.parts_written += 1
@@ -312,6 +377,25 @@ def run_score(job: ScoreJob) -> ScoreSummary:
         detail = ", ".join(f"{k}: {v}" for k, v in summary.status_counts.items()) or "no samples"
         raise NothingScoredError(f"nothing could be scored ({detail}); see the status column in {layout.parts_dir}")
     return summary
+
+
+def _params_for_metadata(params: dict) -> dict:
+    """Fitted params for part metadata, minus CLIPCleaner's bulky arrays
+    (prompt embeddings, regression coefficients: up to megabytes for many
+    classes, in every part). fit.json keeps them; a digest stands in."""
+    cc = params.get("clipcleaner")
+    if not cc:
+        return params
+
+    def digest(value) -> dict:
+        return {"sha1": hashlib.sha1(json.dumps(value, sort_keys=True).encode()).hexdigest(), "in": "_nclean/fit.json"}
+
+    slim = dict(cc)
+    if cc.get("prompts"):
+        slim["prompts"] = {"class_of_prompt": cc["prompts"]["class_of_prompt"], "embeddings": digest(cc["prompts"]["embeddings"])}
+    if cc.get("lr"):
+        slim["lr"] = digest(cc["lr"])
+    return {**params, "clipcleaner": slim}
 
 
 def _dim(cache: EmbeddingCache, stems: list[str]) -> int:
