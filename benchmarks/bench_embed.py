@@ -3,7 +3,9 @@
 For each estimator (the tiny demo config at 64 px and open_clip's
 ViT-S-32-alt at 224 px, both random-initialised, written with
 ``save_random_checkpoint`` and loaded with ``load_estimator``, the users'
-code path), on the same web-like JPEG shards:
+code path), on web-like JPEG shards of the seeded shapes world (the ViT
+gets the first samples of the same stream, in smaller shards, as it is ~100x
+slower); each estimator's three measurements use the same shards:
 
 1. **decode only**: ``cleaner.embed.iter_prepared`` over the shards with the
    same worker count and batch size as end-to-end, no model;
@@ -24,11 +26,14 @@ The ratio end_to_end / min(decode, model) is the pipeline's efficiency
 against the slower stage run alone. Both bounds were measured with the whole
 machine to themselves, while end-to-end runs both stages at once on the same
 cores; so the table also gives the shared-core estimate 1/(1/decode + 1/model)
-(decode at the most workers tried): the throughput when the two stages split
+(decode at its fastest worker count): the throughput when the two stages split
 the cores' time without losing any of it. For the estimators named in
 ``--one-thread`` the end-to-end run is repeated with ``torch.set_num_threads(1)``
 in the main process, to show what the model's threads competing with decode
-workers for the cores costs.
+workers for the cores costs. For the estimators named in ``--passive`` the
+whole measurement is repeated in a child process started with
+``OMP_WAIT_POLICY=PASSIVE`` (OpenMP threads sleep instead of spinning while
+they wait), to separate OpenMP spin-waiting from the pipeline itself.
 
 Run: ``python benchmarks/bench_embed.py`` (about 2-4 minutes on 2 CPU cores).
 """
@@ -41,9 +46,10 @@ import json
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -225,6 +231,7 @@ def bench_estimator(plan: Plan, shards: list[Path], workers: list[int], one_thre
             )
             break
     return {
+        "omp": os.environ.get("OMP_WAIT_POLICY", "unset"),
         "plan": plan,
         "image_size": est.image_size,
         "samples": n_ok,
@@ -239,9 +246,50 @@ def bench_estimator(plan: Plan, shards: list[Path], workers: list[int], one_thre
     }
 
 
+def to_json(res: dict) -> dict:
+    out = dict(res, plan=asdict(res["plan"]), model_only=asdict(res["model_only"]))
+    out["decode"] = [[w, asdict(t)] for w, t in res["decode"].items()]
+    out["e2e"] = [[w, th, asdict(t)] for (w, th), t in res["e2e"].items()]
+    out["variants"] = [list(v) for v in res["variants"]]
+    return out
+
+
+def from_json(d: dict) -> dict:
+    out = dict(d, plan=Plan(**d["plan"]), model_only=Timing(**d["model_only"]))
+    out["decode"] = {w: Timing(**t) for w, t in d["decode"]}
+    out["e2e"] = {(w, th): Timing(**t) for w, th, t in d["e2e"]}
+    out["variants"] = [tuple(v) for v in d["variants"]]
+    return out
+
+
+def run_passive_child(model: str) -> dict | None:
+    """The same measurement in a fresh process with OMP_WAIT_POLICY=PASSIVE
+    (read by OpenMP when torch loads, so it cannot be switched in-process)."""
+    out = WORK / f"passive_{model}.json"
+    out.unlink(missing_ok=True)
+    argv = [a for a in sys.argv[1:] if a != "--no-write"]
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        *argv,
+        "--child",
+        model,
+        "--child-out",
+        str(out),
+    ]
+    if subprocess.run(cmd, env=env).returncode != 0 or not out.exists():
+        print(
+            f"{model}: the OMP_WAIT_POLICY=PASSIVE child failed; its rows are left out", flush=True
+        )
+        return None
+    return from_json(json.loads(out.read_text()))
+
+
 def summarise(res: dict, ncpu: int) -> tuple[list[list], str]:
     """Table rows and the sentences for one estimator, all computed from its numbers."""
     plan: Plan = res["plan"]
+    label = plan.model if res["omp"] == "unset" else f"{plan.model}, OMP_WAIT_POLICY={res['omp']}"
     mod = res["model_only"]
     dec_all_w = max(res["decode"], key=lambda w: res["decode"][w].rate)
     dec_all = res["decode"][dec_all_w]
@@ -252,6 +300,7 @@ def summarise(res: dict, ncpu: int) -> tuple[list[list], str]:
         rows.append(
             [
                 plan.model,
+                res["omp"],
                 res["image_size"],
                 f"{res['samples']} ({res['shards']}x{plan.shard_size})",
                 plan.batch_size,
@@ -275,7 +324,7 @@ def summarise(res: dict, ncpu: int) -> tuple[list[list], str]:
     ratio = e2e.rate / bound
     slower = "decode" if dec.rate < mod.rate else "model"
     text = (
-        f"**{plan.model}**: best end-to-end {e2e.rate:.1f} samples/s ({w} worker(s), {th} torch thread(s) in the "
+        f"**{label}**: best end-to-end {e2e.rate:.1f} samples/s ({w} worker(s), {th} torch thread(s) in the "
         f"main process) = {ratio:.2f}x the slower stage alone ({slower} only, {bound:.1f}/s): "
         f"{'meets' if ratio >= TARGET else 'misses'} the {TARGET} target."
     )
@@ -332,6 +381,13 @@ def main() -> None:
         help="estimators also run end to end with 1 main torch thread",
     )
     ap.add_argument(
+        "--passive",
+        default="nclean-tiny",
+        help="estimators also measured in a child process with OMP_WAIT_POLICY=PASSIVE",
+    )
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--child-out", help=argparse.SUPPRESS)
+    ap.add_argument(
         "--no-write", action="store_true", help="print only; do not write the results section"
     )
     args = ap.parse_args()
@@ -358,10 +414,12 @@ def main() -> None:
         ),
     }
     one_thread = set(filter(None, args.one_thread.split(",")))
+    passive = set(filter(None, args.passive.split(",")))
+    models = [args.child] if args.child else args.models.split(",")
     load_before = os.getloadavg()[0]
 
     results = []
-    for model in args.models.split(","):
+    for model in models:
         plan = plans[model]
         shards = make_shards(plan.samples, args.image_size, plan.shard_size)
         if len(shards) < 2 * max(workers):
@@ -372,11 +430,21 @@ def main() -> None:
             f"{model}: {plan.samples} samples in {len(shards)} shards, batch {plan.batch_size}, workers {workers}",
             flush=True,
         )
+        if args.child:
+            res = bench_estimator(plan, shards, workers, one_thread=False)
+            Path(args.child_out).write_text(json.dumps(to_json(res)))
+            return
         results.append(bench_estimator(plan, shards, workers, model in one_thread))
+        if model in passive and os.environ.get("OMP_WAIT_POLICY") is None:
+            print(f"{model}: again in a child process with OMP_WAIT_POLICY=PASSIVE", flush=True)
+            child = run_passive_child(model)
+            if child is not None:
+                results.append(child)
     load_after = os.getloadavg()[0]
 
     headers = [
         "estimator",
+        "OMP_WAIT_POLICY",
         "input px",
         "samples (shards)",
         "batch",
@@ -392,13 +460,25 @@ def main() -> None:
         "e2e cores busy",
     ]
     rows, sentences = [], []
+    best_unset = {}  # model -> best end-to-end rate with OMP_WAIT_POLICY unset (default threads)
     for res in results:
         r, s = summarise(res, ncpu)
         rows += r
+        best = max(t.rate for (w, th), t in res["e2e"].items() if th == res["threads"])
+        if res["omp"] == "unset":
+            best_unset[res["plan"].model] = best
+        elif res["plan"].model in best_unset:
+            s += (
+                f" That is {best / best_unset[res['plan'].model]:.2f}x the best end-to-end rate "
+                "with OMP_WAIT_POLICY unset."
+            )
         sentences.append(s)
 
     body = md_table(headers, rows) + "\n"
-    repeats = " / ".join(f"{res['repeats_done']} ({res['plan'].model})" for res in results)
+    repeats = " / ".join(
+        f"{res['repeats_done']} ({res['plan'].model}{'' if res['omp'] == 'unset' else ', ' + res['omp']})"
+        for res in results
+    )
     body += (
         f"Shapes-world JPEGs {args.image_size}x{args.image_size} (web-like input; decoded with JPEG draft to the "
         "model size, then resized and cropped), fp32 on CPU, random-initialised checkpoints loaded with "
@@ -406,9 +486,11 @@ def main() -> None:
         "(each run of one repeat back to back with the others). End to end is `run_embed` into a fresh cache, worker "
         "start-up and cache writes included. Decode only uses the row's worker count; model only uses the "
         "default torch threads of the main process; the shared-core estimate is 1/(1/decode + 1/model) with "
-        "decode at the most workers tried. CPU ms/sample counts this process plus its decode workers; cores "
+        "decode at its fastest worker count. CPU ms/sample counts this process plus its decode workers; cores "
         f"busy = that CPU time / (wall time x {ncpu} cores). Load average (1 min) {load_before:.2f} before and "
-        f"{load_after:.2f} after the run: other processes shared the cores.\n\n"
+        f"{load_after:.2f} after the run: other processes shared the cores. OMP_WAIT_POLICY=PASSIVE rows come "
+        "from a child process started with that variable (OpenMP threads sleep instead of spinning when idle); "
+        "`unset` is what `nclean embed` runs with by default.\n\n"
     )
     body += "\n\n".join(sentences) + "\n"
     print(body)

@@ -8,6 +8,7 @@ rerun to retry them); 1 unexpected internal error; 130 interrupted.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -256,6 +257,66 @@ def demo(
     from .demo import run_demo
 
     run_demo(out, samples=samples, noise=noise, progress=progress)
+
+
+@app.command()
+def train(
+    shards: list[str] = typer.Argument(..., help="Training shards (directory, glob, brace pattern or paths)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints (epoch_NNN.pt, last.pt) and metrics.json."),
+    sidecar: Path = typer.Option(None, "--sidecar", "--weights", help="Sidecar from nclean score for these shards."),
+    method: str = typer.Option("none", "--method", help="pairs: none | filter | osa | sdd | sps; classify: none | mixfix | filter."),
+    task: str = typer.Option("pairs", "--task", help="pairs (fine-tune the dual encoder) or classify (linear head on the frozen image tower)."),
+    where: str = typer.Option(None, "--where", help="Row filter for --method filter, e.g. \"sdd_keep and osa_weight > 0\"."),
+    eval_shards: list[str] = typer.Option(None, "--eval", help="Clean held-out shards: R@1/5/10 both ways and rSum (pairs) or accuracy (classify) per epoch."),
+    model: str = typer.Option("nclean-tiny", "--model", help="open_clip model name or config .json of the model to train."),
+    pretrained: str = typer.Option(None, "--pretrained", help="Initial weights: a local checkpoint or open_clip tag; none = random init."),
+    device: str = DeviceOpt,
+    epochs: int = typer.Option(1, "--epochs"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    lr: float = typer.Option(1e-4, "--lr"),
+    weight_decay: float = typer.Option(0.2, "--weight-decay"),
+    warmup_steps: int = typer.Option(0, "--warmup-steps"),
+    max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many steps (smoke runs)."),
+    seed: int = typer.Option(0, "--seed"),
+    workers: int = typer.Option(0, "--workers", help="Decoding processes while loading the shards."),
+    osa_form: str = typer.Option("paper", "--osa-form", help="OSA weight: paper (osa_weight), paper-norm (osa_weight_norm) or code (the released per-batch form from cosine and beta)."),
+    sps_lambda1: float = typer.Option(25.0, "--sps-lambda1", help="SPS weight of L_cro."),
+    sps_lambda2: float = typer.Option(25.0, "--sps-lambda2", help="SPS weight of L_met."),
+    sps_qc_from_epoch: int = typer.Option(0, "--sps-qc-from-epoch", help="First epoch using quasi-clean pairs (released code: 10)."),
+    sps_noisy_from_epoch: int = typer.Option(0, "--sps-noisy-from-epoch", help="First epoch using noisy pairs with proxies (released code: 15)."),
+    classes: Path = typer.Option(None, "--classes", help="classify: class names file."),
+    theta_r: float = typer.Option(0.8, "--theta-r", help="MixFix absorb threshold."),
+    theta_r2: float = typer.Option(0.9, "--theta-r2", help="MixFix relabel threshold (>= theta_r)."),
+    mixup_alpha: float = typer.Option(1.0, "--mixup-alpha"),
+    image_key: str = ImageKeyOpt,
+    text_key: str = TextKeyOpt,
+    label_key: str = typer.Option("cls", "--label-key", help="classify: label member or json:<field>."),
+    progress: bool = ProgressOpt,
+    debug: bool = DebugOpt,
+):
+    """Fine-tune an open_clip model on shards using a sidecar's verdicts (a
+    thin, readable loop; holds the training set in memory).
+
+    Example: nclean train shards/ --sidecar w.parquet --method osa --eval test/ --out run/
+    """
+    _DEBUG["on"] = debug
+    from .train import TrainConfig
+    from .train import train as run_train
+
+    cfg = TrainConfig(
+        shards=list(shards), out=str(out), sidecar=str(sidecar) if sidecar else None, method=method, task=task,
+        where=where, eval_shards=list(eval_shards) if eval_shards else None, model=model, pretrained=pretrained,
+        device=device, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+        warmup_steps=warmup_steps, max_steps=max_steps, seed=seed, workers=workers, osa_form=osa_form,
+        sps_lambda1=sps_lambda1, sps_lambda2=sps_lambda2, sps_qc_from_epoch=sps_qc_from_epoch,
+        sps_noisy_from_epoch=sps_noisy_from_epoch, classes=str(classes) if classes else None,
+        theta_r=theta_r, theta_r2=theta_r2, mixup_alpha=mixup_alpha, image_key=image_key, text_key=text_key,
+        label_key=label_key, progress=progress,
+    )
+    history = run_train(cfg)
+    last = history[-1] if history else {}
+    shown = {k: v for k, v in last.items() if k in ("train_loss", "rsum", "i2t_R@1", "t2i_R@1", "accuracy")}
+    print(f"trained {len(history)} epoch(s); last: {json.dumps(shown)}; run folder: {out}", file=sys.stderr)
 
 
 def main() -> None:

@@ -34,6 +34,10 @@ STATUSES = (
 DEFAULT_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 DEFAULT_MAX_PIXELS = 64_000_000  # ~8000x8000; larger is treated as a decompression bomb
 MAX_CAPTION_CHARS = 10_000  # tokenizers keep <= 77 tokens anyway; bounds time on 1 MB captions
+# Longest/shortest side before the model's transform. A 1x60000 PNG is a few
+# hundred bytes and within max_pixels, but resizing its shortest side to 224
+# makes a 224x13_440_000 image (~9 GB). See _limit_aspect.
+MAX_ASPECT_RATIO = 50
 
 # Truncated JPEGs must fail loudly, not be padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -202,6 +206,27 @@ def read_label(members: dict, label_key: str, n_classes: int | None) -> tuple[in
     return label, None
 
 
+def _limit_aspect(img: Image.Image) -> Image.Image:
+    """Centre-crop the long side to at most MAX_ASPECT_RATIO x the short side.
+
+    Bounds the memory of the resize that follows for extreme aspect ratios
+    (at most 224 x 50*224 pixels at a 224 input). open_clip's eval transform
+    (shortest side resized, then centre crop) keeps only the central square,
+    which this crop keeps, so such images embed the same up to sub-pixel
+    rounding of the resize grid; images within the ratio are not touched.
+    """
+    w, h = img.size
+    if w > MAX_ASPECT_RATIO * h:
+        keep = MAX_ASPECT_RATIO * h + (w - MAX_ASPECT_RATIO * h) % 2  # same parity: centre stays put
+        left = (w - keep) // 2
+        return img.crop((left, 0, left + keep, h))
+    if h > MAX_ASPECT_RATIO * w:
+        keep = MAX_ASPECT_RATIO * w + (h - MAX_ASPECT_RATIO * w) % 2
+        top = (h - keep) // 2
+        return img.crop((0, top, w, top + keep))
+    return img
+
+
 def prepare_sample(raw: RawSample, spec: SampleSpec, image_transform=None, tokenizer=None, draft_size=None) -> Prepared:
     """Decode one raw sample. ``image_transform`` maps a PIL RGB image to a
     PIL image of the model's input size (resize + crop, no tensor
@@ -220,15 +245,16 @@ def prepare_sample(raw: RawSample, spec: SampleSpec, image_transform=None, token
     if ext is None:
         out.status, out.error = "missing_image", f"no image member among {','.join(spec.image_keys)}"
         return out
+    data = raw.members[ext]
+    if data is None:  # checked before the caption: a tar cut inside the image never
+        # reaches the caption member, and "caption absent" would hide the truncation
+        out.status, out.error = "decode_error", f"image member .{ext} cut off by truncation"
+        return out
     caption, status, error = decode_caption(raw.members, spec.text_key)
     if status and not spec.text_required:
         caption, status, error = "", None, None
     if status:
         out.status, out.error = status, error
-        return out
-    data = raw.members[ext]
-    if data is None:
-        out.status, out.error = "decode_error", f"image member .{ext} cut off by truncation"
         return out
     img, status, error = decode_image(data, spec.max_pixels, draft_size)
     if status:
@@ -236,7 +262,7 @@ def prepare_sample(raw: RawSample, spec: SampleSpec, image_transform=None, token
         return out
     try:
         if image_transform is not None:
-            img = image_transform(img)
+            img = image_transform(_limit_aspect(img))
         out.image = np.asarray(img, dtype=np.uint8)
         if tokenizer is not None:
             out.tokens = tokenizer([caption])[0].numpy()

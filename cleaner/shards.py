@@ -197,6 +197,18 @@ def _read_indexed(
                 group.append(info)
         except (tarfile.TarError, OSError, EOFError) as exc:
             report.warnings.append(f"tar truncated or corrupt after {len(groups)} samples: {exc}")
+        else:
+            # tarfile ends iteration *silently* on a cut at a member boundary
+            # or inside a header, and on a corrupt header after the first:
+            # the rest of the shard would vanish without a word. A complete
+            # tar ends with a zero block where iteration stopped; say so if not.
+            tf.fileobj.seek(tf.offset)
+            block = tf.fileobj.read(tarfile.BLOCKSIZE)
+            if len(block) < tarfile.BLOCKSIZE or block.count(0) != tarfile.BLOCKSIZE:
+                report.warnings.append(
+                    f"tar truncated or corrupt after {len(groups)} samples: no end-of-archive "
+                    f"marker at byte {tf.offset}; any samples after it are lost"
+                )
         # Pass 2: read wanted members by offset.
         index = 0
         with open(path, "rb") as fh:
