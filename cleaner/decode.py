@@ -217,7 +217,9 @@ def _limit_aspect(img: Image.Image) -> Image.Image:
     """
     w, h = img.size
     if w > MAX_ASPECT_RATIO * h:
-        keep = MAX_ASPECT_RATIO * h + (w - MAX_ASPECT_RATIO * h) % 2  # same parity: centre stays put
+        # keep as many pixels as the limit allows, plus one if that makes the
+        # dropped margins equal: the centre stays where it was
+        keep = MAX_ASPECT_RATIO * h + (w - MAX_ASPECT_RATIO * h) % 2
         left = (w - keep) // 2
         return img.crop((left, 0, left + keep, h))
     if h > MAX_ASPECT_RATIO * w:

@@ -330,7 +330,7 @@ class Table:
     headers: list[str]
     rows: list[list[str]]
     note: str = ""
-    numeric: bool = True  # right-align every column but the first
+    text_cols: int = 1  # the first columns hold names (left-aligned); the rest numbers (right)
 
 
 def _n(x: int | float) -> str:
@@ -339,6 +339,11 @@ def _n(x: int | float) -> str:
 
 def _pct(part: int, whole: int) -> str:
     return f"{100.0 * part / whole:.1f}%" if whole else "-"
+
+
+def _share(part: int, whole: int) -> str:
+    """'count  share of ok', padded so that a column of them lines up in text."""
+    return f"{_n(part):>{len(_n(whole))}}  {_pct(part, whole):>6} of ok"
 
 
 def _f(x, digits: int = 4) -> str:
@@ -372,7 +377,7 @@ def _quantiles(x: np.ndarray) -> str:
     return f"{q[0]:.4f} / {q[1]:.4f} / {q[2]:.4f}"
 
 
-def _gmm_text(gmm: dict | None, scale: float = 1.0) -> list[tuple[str, str]]:
+def _gmm_text(gmm: dict | None, unit: str, scale: float = 1.0) -> list[tuple[str, str]]:
     """One line per component, lowest mean first: weight, mean, sd (divided by ``scale``)."""
     if not gmm or not gmm.get("means"):
         return []
@@ -383,7 +388,7 @@ def _gmm_text(gmm: dict | None, scale: float = 1.0) -> list[tuple[str, str]]:
         sd = math.sqrt(gmm["variances"][k]) / scale
         rows.append(
             (
-                f"GMM component {rank + 1}",
+                f"GMM component {rank + 1} ({unit})",
                 f"weight {gmm['weights'][k]:.3f}, mean {mean:.4f}, sd {sd:.4f}",
             )
         )
@@ -428,9 +433,8 @@ def osa_rows(d: ReportData) -> list[tuple[str, str]]:
     ok = d.ok_rows
     kept = d.total("osa_kept")
     return [
-        ("beta", beta_text(d.meta.get("beta") or d.params("osa").get("beta"))),
-        ("kept (osa_weight > 0)", f"{_n(kept)}  {_pct(kept, ok)} of ok"),
-        ("zero weight", f"{_n(ok - kept)}  {_pct(ok - kept, ok)} of ok"),
+        ("kept (osa_weight > 0)", _share(kept, ok)),
+        ("zero weight", _share(ok - kept, ok)),
         ("mean osa_weight", f"{_f(d.mean('osa_weight'))} (peak {OSA_PEAK:.4f})"),
         ("mean cosine", _f(d.mean("cosine"))),
         ("cosine p5 / p50 / p95", _quantiles(d.sample.get("cosine", np.zeros(0)))),
@@ -447,9 +451,9 @@ def sdd_rows(d: ReportData) -> list[tuple[str, str]]:
     if p.get("beta_c") is not None:
         rows.append(("beta_c (clean set)", f"{p['beta_c']:g} = cosine {p['beta_c'] / scale:.3f}"))
     rows += [
-        ("kept (sdd_keep)", f"{_n(kept)}  {_pct(kept, ok)} of ok"),
-        ("dropped", f"{_n(ok - kept)}  {_pct(ok - kept, ok)} of ok"),
-        ("clean set (sdd_clean)", f"{_n(clean)}  {_pct(clean, ok)} of ok"),
+        ("kept (sdd_keep)", _share(kept, ok)),
+        ("dropped", _share(ok - kept, ok)),
+        ("clean set (sdd_clean)", _share(clean, ok)),
         ("mean sdd_w_con", _f(d.mean("sdd_w_con"))),
     ]
     if p.get("fit_rows") is not None:
@@ -459,15 +463,12 @@ def sdd_rows(d: ReportData) -> list[tuple[str, str]]:
                 f"{_n(p['fit_rows'])} of {_n(p.get('fit_rows_total') or p['fit_rows'])}",
             )
         )
-    return rows + _gmm_text(p.get("gmm"), scale)  # shown in cosine units
+    return rows + _gmm_text(p.get("gmm"), "cosine", scale)  # shown in cosine units
 
 
 def sps_rows(d: ReportData) -> list[tuple[str, str]]:
     p, ok = d.params("sps"), d.ok_rows
-    rows = [
-        (part, f"{_n(d.total(f'sps_{part}'))}  {_pct(d.total(f'sps_{part}'), ok)} of ok")
-        for part in PARTITIONS
-    ]
+    rows = [(part, _share(d.total(f"sps_{part}"), ok)) for part in PARTITIONS]
     rows.append(("eps1 / eps2", f"{p.get('eps1', '?')} / {p.get('eps2', '?')}"))
     rows.append(("mean sps_loss", _f(d.mean("sps_loss"))))
     if p.get("loss_min") is not None:
@@ -486,15 +487,15 @@ def sps_rows(d: ReportData) -> list[tuple[str, str]]:
         for k in ("proxy_label", "batch_size", "forced_noisy_threshold")
         if p.get(k) is not None
     ]
-    return rows + _gmm_text(p.get("gmm"))  # on the normalised loss
+    return rows + _gmm_text(p.get("gmm"), "normalised loss")  # on the normalised loss
 
 
 def clipcleaner_rows(d: ReportData) -> list[tuple[str, str]]:
     p, ok = d.params("clipcleaner"), d.ok_rows
     sel = d.total("cc_selected")
     rows = [
-        ("selected (cc_selected)", f"{_n(sel)}  {_pct(sel, ok)} of ok"),
-        ("not selected", f"{_n(ok - sel)}  {_pct(ok - sel, ok)} of ok"),
+        ("selected (cc_selected)", _share(sel, ok)),
+        ("not selected", _share(ok - sel, ok)),
         ("mean cc_label_quality", _f(d.mean("cc_label_quality"))),
         ("classes", str(len(p.get("classes") or []) or len(d.class_rows))),
     ]
@@ -518,12 +519,6 @@ def status_table(d: ReportData) -> Table:
     return Table(
         "Status", ["status", "rows", "share"], [[k, _n(v), _pct(v, d.n_rows)] for k, v in items]
     )
-
-
-def partition_table(d: ReportData) -> Table:
-    ok = d.ok_rows
-    rows = [[p, _n(d.total(f"sps_{p}")), _pct(d.total(f"sps_{p}"), ok)] for p in PARTITIONS]
-    return Table("SPS partitions", ["partition", "rows", "of ok"], rows)
 
 
 def shard_counters(d: ReportData) -> list[tuple[str, str]]:
@@ -561,6 +556,7 @@ def class_table(d: ReportData, limit: int = MAX_CLASSES_SHOWN) -> Table:
         ["label", "class", "ok rows", "selected", "share"],
         rows[:limit],
         note,
+        text_cols=2,
     )
 
 
@@ -578,7 +574,7 @@ def neighbor_table(d: ReportData) -> Table | None:
         rows.append(
             [name, kind, _n(info.get("ntotal") or 0), "-" if recall is None else f"{recall:.4f}"]
         )
-    return Table("Neighbour indexes", ["index", "kind", "rows", "recall@1"], rows)
+    return Table("Neighbour indexes", ["index", "kind", "rows", "recall@1"], rows, text_cols=2)
 
 
 def _flatten(obj, prefix: str = "") -> list[tuple[str, str]]:
@@ -625,8 +621,9 @@ def _table_lines(t: Table, indent: str = "  ") -> list[str]:
     widths = [max(len(r[i]) for r in cells) for i in range(len(t.headers))]
 
     def line(r):
-        parts = [r[0].ljust(widths[0])] + [
-            c.rjust(w) if t.numeric else c.ljust(w) for c, w in zip(r[1:], widths[1:])
+        parts = [
+            c.ljust(w) if i < t.text_cols else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
         ]
         return indent + "  ".join(parts).rstrip()
 
@@ -766,7 +763,7 @@ def fig_cosine(d: ReportData, out_dir: Path) -> str | None:
     ax.set_xlabel("cosine(image, text)")
     ax.set_ylabel("rows" + (" (sample)" if d.sampled else ""))
     ax.set_title("Cosine similarity")
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=8, loc="upper left")
     return _save(fig, out_dir, "cosine.png")
 
 
@@ -900,7 +897,7 @@ def _bars(ax, names: list[str], values: list[int], colors) -> None:
     positive = [v for v in values if v > 0]
     if positive and max(positive) / min(positive) > 100:
         ax.set_xscale("log")
-    for yi, v in zip(y, values):
+    for yi, v in zip(y, values, strict=True):
         ax.text(v if v > 0 else 0, yi, f" {_n(v)}", va="center", fontsize=8)
     ax.margins(x=0.15)
 
@@ -984,7 +981,7 @@ def fig_shards(d: ReportData, out_dir: Path) -> str | None:
     order = sorted(range(len(d.shards)), key=lambda i: d.shards[i])
     few = len(order) <= MAX_SHARD_BARS
     fig, axes = _figure(nrows=len(panels), height=2.3, sharex=few)
-    for ax, (title, parts) in zip(axes, panels):
+    for ax, (title, parts) in zip(axes, panels, strict=True):
         if few:
             x = np.arange(len(order))
             bottom = np.zeros(len(order))
@@ -1023,7 +1020,7 @@ h2{font-size:17px;margin:12px 0 8px;color:#264653}h3{font-size:14px;margin:12px 
 figure{margin:0}figure img{width:100%;height:auto;border:1px solid #eee}
 table{border-collapse:collapse;font-size:13px;margin:4px 0}
 td,th{border-bottom:1px solid #e5e8eb;padding:3px 10px 3px 0;text-align:left;vertical-align:top}
-th{color:#555;font-weight:600}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+th{color:#555;font-weight:600;white-space:nowrap}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 table.kv td:first-child{color:#555;white-space:nowrap}
 .note{color:#666;font-size:12px;margin:6px 0}
 .scroll{max-height:420px;overflow:auto}
@@ -1042,18 +1039,19 @@ def _kv_html(rows: list[tuple[str, str]]) -> str:
 
 def _table_html(t: Table, title: bool = True) -> str:
     def cls(i):
-        return ' class="num"' if t.numeric and i > 0 else ""
+        return ' class="num"' if i >= t.text_cols else ""
 
     head = "".join(f"<th{cls(i)}>{_e(h)}</th>" for i, h in enumerate(t.headers))
     body = "".join(
         "<tr>" + "".join(f"<td{cls(i)}>{_e(c)}</td>" for i, c in enumerate(r)) + "</tr>"
         for r in t.rows
     )
-    out = f"<h3>{_e(t.title)}</h3>" if title else ""
+    # one <div>: in the section grid, a table's heading and note stay with it
+    out = f"<div><h3>{_e(t.title)}</h3>" if title else "<div>"
     out += f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
     if t.note:
         out += f'<p class="note">{_e(t.note)}</p>'
-    return out
+    return out + "</div>"
 
 
 def _img(name: str | None, alt: str) -> str:
@@ -1090,7 +1088,6 @@ def _method_section(d: ReportData, method: str, figs: dict[str, str | None]) -> 
             "SPS — proxy points",
             kv,
             _img(figs.get("sps_loss"), "SPS loss histogram"),
-            _table_html(partition_table(d)),
             _img(figs.get("sps_partition"), "SPS partition counts"),
         )
     return _section(
@@ -1134,12 +1131,12 @@ def render_html(d: ReportData, figs: dict[str, str | None], shards_csv: str | No
         _section(
             "shards",
             "Shards",
-            _table_html(shard_table(d, MAX_HTML_SHARDS), title=False) + csv_link,
+            f"<div>{_table_html(shard_table(d, MAX_HTML_SHARDS), title=False)}{csv_link}</div>",
             _img(figs.get("shards"), "kept and dropped per shard"),
         )
     )
     cmd = f"<h3>Command</h3><p><code>{_e(argv_text(d))}</code></p>" if argv_text(d) else ""
-    parts.append(_section("settings", "Settings", _kv_html(settings_rows(d)) + cmd))
+    parts.append(_section("settings", "Settings", f"<div>{_kv_html(settings_rows(d))}{cmd}</div>"))
     title = f"nclean report — {d.path.name or d.path}"
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

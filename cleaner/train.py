@@ -324,7 +324,7 @@ class PairObjective:
                 labels = torch.as_tensor(np.nan_to_num(side["sps_proxy_label"].to_numpy(np.float32)[nz])).to(ni.device)
                 kw.update(noisy_img=ni, proxy_txt=pt, proxy_labels=labels)
         parts = L.sps_total(img, txt, scale, lambda1=cfg.sps_lambda1, lambda2=cfg.sps_lambda2, **kw)
-        return parts["total"], {k: float(v) for k, v in parts.items() if k != "total"}
+        return parts["total"], {k: float(v.detach()) for k, v in parts.items() if k != "total"}
 
 
 def _where(side, expr: str) -> np.ndarray:

@@ -57,7 +57,7 @@ from tqdm import tqdm
 from cleaner.errors import ConfigError, InputError
 from cleaner.schema import SchemaError
 from cleaner.shards import ShardReadError, ShardReport, expand_shards, read_shard
-from cleaner.weights import SidecarMismatchError, Verdicts
+from cleaner.weights import Verdicts
 
 DATACOMP_UID_DTYPE = np.dtype("u8,u8")  # as DataComp's baselines and resharder.py
 OUTPUT_NAME = "{:06d}.tar"
@@ -228,14 +228,12 @@ class _Plan:
 
 
 def _plan(scan: _Scan, verdicts: Verdicts, job: FilterJob) -> _Plan:
+    rows = verdicts.lookup(scan.shard_names, scan.keys, on_missing=job.on_missing)
     try:
-        rows = verdicts.lookup(scan.shard_names, scan.keys, on_missing=job.on_missing)
         mask = verdicts.mask(job.where, keep_failed=job.keep_failed)
         weights = (
             verdicts.weights(job.upsample, keep_failed=job.keep_failed) if job.upsample else None
         )
-    except SidecarMismatchError:
-        raise
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     n = len(rows)
@@ -402,8 +400,12 @@ class _ShardedOutput:
             self.tmp.unlink()
 
 
-def _prepare_out(out: Path, inputs: list[Path], overwrite: bool) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+def _check_out(out: Path, inputs: list[Path], overwrite: bool) -> list[Path]:
+    """Refuse an ``--out`` that is not free; return our earlier outputs there (to remove)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
+    if not out.exists():
+        return []
     if out.resolve() in {p.resolve().parent for p in inputs}:
         raise ConfigError(f"--out {out} is the folder of input shards; choose another folder")
     ours = [f for f in out.iterdir() if _OURS.match(f.name)]
@@ -418,6 +420,11 @@ def _prepare_out(out: Path, inputs: list[Path], overwrite: bool) -> None:
         raise ConfigError(
             f"--out {out} already holds filter output ({len(ours)} files); pass --overwrite to replace it"
         )
+    return ours
+
+
+def _clear_out(out: Path, ours: list[Path]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     # stats.json first: without it the folder no longer claims a finished job
     for f in sorted(ours, key=lambda f: f.name != TOTAL_STATS):
         f.unlink()
@@ -479,7 +486,7 @@ def run_filter(job: FilterJob) -> FilterSummary:
     ConfigError
         bad options or expressions, an ``--out`` folder that is not free,
         uids unusable for ``--keep-list``.
-    SidecarMismatchError
+    cleaner.weights.SidecarMismatchError
         samples without a row in the sidecar (``on_missing="error"``).
     InputError
         an unreadable sidecar.
@@ -499,12 +506,16 @@ def run_filter(job: FilterJob) -> FilterSummary:
         raise InputError(f"--weights: cannot read sidecar ({exc})") from None
     except ValueError as exc:
         raise ConfigError(f"--weights: {exc}") from None
-    if job.out:
-        # checked before the scan so a mistake costs nothing
-        _prepare_out(Path(job.out), paths, job.overwrite)
+    earlier = (
+        _check_out(Path(job.out), paths, job.overwrite) if job.out else []
+    )  # before the scan: cheap mistakes
 
     scan = _scan(paths, job.progress)
     plan = _plan(scan, verdicts, job)
+    if job.out:
+        _clear_out(
+            Path(job.out), earlier
+        )  # only once the plan stands: a failed plan leaves old output alone
 
     shard_stats: list[dict] = []
     copies = plan.copies
