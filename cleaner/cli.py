@@ -138,6 +138,8 @@ def score(
     cc_selectors: str = typer.Option("consistency,gmm", "--cc-selectors", help="CLIPCleaner selectors: consistency, gmm."),
     cc_combine: str = typer.Option("intersection", "--cc-combine", help="CLIPCleaner: 'intersection' (conservative) or 'union' of the verdicts."),
     cc_fit_sample: int = typer.Option(200_000, "--cc-fit-sample", help="CLIPCleaner: labelled rows to fit on (stratified sample above)."),
+    engine: str = typer.Option("local", "--engine", help="local (this machine) or ray (one task per shard on a Ray cluster)."),
+    ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster address [default: $RAY_ADDRESS, else start a local Ray]."),
     overwrite: bool = OverwriteOpt,
     progress: bool = ProgressOpt,
     debug: bool = DebugOpt,
@@ -180,6 +182,8 @@ def score(
         workers=workers,
         overwrite=overwrite,
         progress=progress,
+        engine=engine,
+        ray_address=ray_address,
         argv=sys.argv[1:],
     )
     if "clipcleaner" in method_list:
@@ -317,6 +321,18 @@ def train(
     last = history[-1] if history else {}
     shown = {k: v for k, v in last.items() if k in ("train_loss", "rsum", "i2t_R@1", "t2i_R@1", "accuracy")}
     print(f"trained {len(history)} epoch(s); last: {json.dumps(shown)}; run folder: {out}", file=sys.stderr)
+
+
+def _register_commands() -> None:
+    # commands that live in their own modules (cleaner/commands/)
+    from .commands.filter import filter_cmd
+    from .commands.report import report_cmd
+
+    app.command("filter")(filter_cmd)
+    app.command("report")(report_cmd)
+
+
+_register_commands()
 
 
 def main() -> None:

@@ -275,6 +275,27 @@ class NeighborIndex:
         self._finalized = True
         return self
 
+    # -- pickling (Ray ships a finalized index to transform tasks) ----------
+
+    def __getstate__(self) -> dict:
+        if not self._finalized:
+            raise RuntimeError("only a finalized NeighborIndex can be pickled")
+        state = self.__dict__.copy()
+        # faiss objects are SWIG pointers: ship the CPU index as bytes; the
+        # IVF index carries its own copy of the quantizer when serialised.
+        state["_index"] = faiss.serialize_index(self._index)
+        state["_quantizer"] = None
+        state["_search_index"] = None
+        state["_gpu_resources"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._index = faiss.deserialize_index(state["_index"])
+        if self.kind == "ivf":
+            faiss.extract_index_ivf(self._index).nprobe = self.nprobe
+        self._search_index = self._to_gpu_if_available(self._index)
+
     def _to_gpu_if_available(self, index: faiss.Index) -> faiss.Index:
         if self.use_gpu is False or index.ntotal == 0:
             return index

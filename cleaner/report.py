@@ -702,6 +702,26 @@ def _edges(
     return np.linspace(lo, hi, bins + 1)
 
 
+def _hist(ax, groups, edges, colors, labels, stacked: bool = True, alpha: float = 0.85) -> None:
+    """Histograms binned by numpy and drawn as filled steps: one artist per
+    group instead of one rectangle per bin, which keeps drawing fast."""
+    base = np.zeros(len(edges) - 1)
+    for values, color, label in zip(groups, colors, labels, strict=True):
+        counts = np.histogram(values, bins=edges)[0].astype(float)
+        top = base + counts if stacked else counts
+        ax.stairs(
+            top,
+            edges,
+            baseline=base if stacked else 0,
+            fill=True,
+            color=color,
+            alpha=alpha,
+            label=label,
+        )
+        base = top if stacked else base
+    ax.set_ylim(bottom=0)
+
+
 def _normal_pdf(x: np.ndarray, mean: float, sd: float) -> np.ndarray:
     return np.exp(-0.5 * ((x - mean) / sd) ** 2) / (sd * math.sqrt(2 * math.pi))
 
@@ -742,7 +762,7 @@ def fig_cosine(d: ReportData, out_dir: Path) -> str | None:
         return None
     fig, (ax,) = _figure()
     edges = _edges(x)
-    ax.hist(x, bins=edges, color=COLOR["hist"], alpha=0.75, label="cosine (ok rows)")
+    _hist(ax, [x], edges, [COLOR["hist"]], ["cosine (ok rows)"], alpha=0.75)
     beta = (d.meta.get("beta") or {}).get("value")
     if beta is not None:
         ax.axvline(beta, color="#d62828", lw=2, label=f"OSA beta = {beta:.4f}")
@@ -774,9 +794,7 @@ def fig_osa_weight(d: ReportData, out_dir: Path) -> str | None:
     fig, (ax,) = _figure()
     pos = w[w > 0]
     # zero weights would dwarf everything else: state their share instead of drawing them
-    ax.hist(
-        pos, bins=_edges(pos, 0.0, OSA_PEAK, 60) if len(pos) else 10, color=COLOR["kept"], alpha=0.8
-    )
+    _hist(ax, [pos], _edges(pos, 0.0, OSA_PEAK, 60), [COLOR["kept"]], [None])
     zero = len(w) - len(pos)
     ax.text(
         0.98,
@@ -802,16 +820,11 @@ def fig_sdd_w_con(d: ReportData, out_dir: Path) -> str | None:
         return None
     fig, (ax,) = _figure()
     edges = _edges(w[fin], 0.0, 1.0, 50)
-    ax.hist(
-        [w[fin & keep], w[fin & ~keep]],
-        bins=edges,
-        stacked=True,
-        color=[COLOR["kept"], COLOR["dropped"]],
-        label=[
-            f"kept ({_n(d.total('sdd_kept'))})",
-            f"dropped ({_n(d.ok_rows - d.total('sdd_kept'))})",
-        ],
-    )
+    labels = [
+        f"kept ({_n(d.total('sdd_kept'))})",
+        f"dropped ({_n(d.ok_rows - d.total('sdd_kept'))})",
+    ]
+    _hist(ax, [w[fin & keep], w[fin & ~keep]], edges, [COLOR["kept"], COLOR["dropped"]], labels)
     ax.set_xlabel("sdd_w_con (confidence weight)")
     ax.set_ylabel("rows" + (" (sample)" if d.sampled else ""))
     ax.set_title("SDD confidence weight, by sdd_keep")
@@ -830,14 +843,7 @@ def fig_sps_loss(d: ReportData, out_dir: Path) -> str | None:
     edges = _edges(loss[fin])
     groups = [loss[fin & (codes == i)] for i in range(len(PARTITIONS))]
     labels = [f"{p} ({_n(d.total(f'sps_{p}'))})" for p in PARTITIONS]
-    ax.hist(
-        groups,
-        bins=edges,
-        stacked=True,
-        color=[COLOR[p] for p in PARTITIONS],
-        label=labels,
-        alpha=0.85,
-    )
+    _hist(ax, groups, edges, [COLOR[p] for p in PARTITIONS], labels)
     p = d.params("sps")
     if p.get("loss_min") is not None and p.get("loss_max") is not None:
         lo, span = float(p["loss_min"]), float(p["loss_max"]) - float(p["loss_min"])
@@ -853,7 +859,7 @@ def fig_sps_loss(d: ReportData, out_dir: Path) -> str | None:
         )
     ax.set_xlabel("sps_loss (per-sample InfoNCE)")
     ax.set_ylabel("rows" + (" (sample)" if d.sampled else ""))
-    ax.set_title("SPS loss by partition (counts: all rows)")
+    ax.set_title("SPS loss by partition (legend counts: all rows)")
     ax.legend(fontsize=7)
     return _save(fig, out_dir, "sps_loss.png")
 
@@ -866,19 +872,19 @@ def fig_cc_quality(d: ReportData, out_dir: Path) -> str | None:
         return None
     fig, (ax,) = _figure()
     edges = _edges(q[fin], bins=50)
-    ax.hist(
-        q[fin & sel],
-        bins=edges,
-        color=COLOR["kept"],
-        alpha=0.6,
-        label=f"selected ({_n(d.total('cc_selected'))})",
-    )
-    ax.hist(
-        q[fin & ~sel],
-        bins=edges,
-        color=COLOR["dropped"],
-        alpha=0.6,
-        label=f"not selected ({_n(d.ok_rows - d.total('cc_selected'))})",
+    labels = [
+        f"selected ({_n(d.total('cc_selected'))})",
+        f"not selected ({_n(d.ok_rows - d.total('cc_selected'))})",
+    ]
+    # overlaid, not stacked: the two shapes are what the eye compares
+    _hist(
+        ax,
+        [q[fin & sel], q[fin & ~sel]],
+        edges,
+        [COLOR["kept"], COLOR["dropped"]],
+        labels,
+        stacked=False,
+        alpha=0.55,
     )
     ax.set_xlabel("cc_label_quality")
     ax.set_ylabel("rows" + (" (sample)" if d.sampled else ""))
@@ -920,6 +926,8 @@ def fig_status(d: ReportData, out_dir: Path) -> str | None:
 
 
 def fig_partitions(d: ReportData, out_dir: Path) -> str | None:
+    if not d.ok_rows:
+        return None
     fig, (ax,) = _figure(height=1.9)
     _bars(
         ax,
@@ -969,7 +977,8 @@ def _shard_panels(d: ReportData) -> list[tuple[str, list[tuple[str, np.ndarray, 
                 ],
             )
         )
-    return [(title, parts + [("failed", failed, COLOR["failed"])]) for title, parts in panels]
+    tail = [("failed", failed, COLOR["failed"])] if failed.any() else []  # no empty legend entry
+    return [(title, parts + tail) for title, parts in panels]
 
 
 def fig_shards(d: ReportData, out_dir: Path) -> str | None:
@@ -992,7 +1001,8 @@ def fig_shards(d: ReportData, out_dir: Path) -> str | None:
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         else:
             rows = np.maximum(d.per_shard["rows"][order], 1)
-            ax.hist(100.0 * parts[0][1][order] / rows, bins=40, color=parts[0][2])
+            share = 100.0 * parts[0][1][order] / rows
+            _hist(ax, [share], _edges(share, bins=40), [parts[0][2]], [None])
             ax.set_ylabel("shards")
             ax.set_xlabel(f"% of a shard's rows: {parts[0][0]}")
         ax.set_title(title, fontsize=9)
@@ -1017,7 +1027,8 @@ main{padding:8px 24px 40px;max-width:1400px}
 section{background:#fff;border:1px solid #dde2e6;border-radius:6px;margin:16px 0;padding:4px 16px 14px}
 h2{font-size:17px;margin:12px 0 8px;color:#264653}h3{font-size:14px;margin:12px 0 6px}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(440px,1fr));gap:14px;align-items:start}
-figure{margin:0}figure img{width:100%;height:auto;border:1px solid #eee}
+.grid.one{grid-template-columns:minmax(0,1fr)}
+figure{margin:0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 table{border-collapse:collapse;font-size:13px;margin:4px 0}
 td,th{border-bottom:1px solid #e5e8eb;padding:3px 10px 3px 0;text-align:left;vertical-align:top}
 th{color:#555;font-weight:600;white-space:nowrap}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -1058,8 +1069,14 @@ def _img(name: str | None, alt: str) -> str:
     return f'<figure><img src="{_e(name)}" alt="{_e(alt)}"></figure>' if name else ""
 
 
-def _section(anchor: str, title: str, *blocks: str) -> str:
-    return f'<section id="{_e(anchor)}"><h2>{_e(title)}</h2><div class="grid">{"".join(b for b in blocks if b)}</div></section>'
+def _section(anchor: str, title: str, *blocks: str, wide: bool = False) -> str:
+    """A card whose blocks flow in a two-column grid, or stack when ``wide``
+    (for tables with many columns, which must not be squeezed)."""
+    grid = "grid one" if wide else "grid"
+    body = "".join(b for b in blocks if b)
+    return (
+        f'<section id="{_e(anchor)}"><h2>{_e(title)}</h2><div class="{grid}">{body}</div></section>'
+    )
 
 
 def _method_section(d: ReportData, method: str, figs: dict[str, str | None]) -> str:
@@ -1133,6 +1150,7 @@ def render_html(d: ReportData, figs: dict[str, str | None], shards_csv: str | No
             "Shards",
             f"<div>{_table_html(shard_table(d, MAX_HTML_SHARDS), title=False)}{csv_link}</div>",
             _img(figs.get("shards"), "kept and dropped per shard"),
+            wide=True,
         )
     )
     cmd = f"<h3>Command</h3><p><code>{_e(argv_text(d))}</code></p>" if argv_text(d) else ""

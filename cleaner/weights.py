@@ -83,12 +83,14 @@ __all__ = [
     "Verdicts",
     "WeightedSampler",
     "attach_weights",
+    "evaluate",
     "keep_indices",
     "keep_where",
     "shard_name",
 ]
 
 ON_MISSING = ("error", "drop", "zero")
+OPT_OUT_HINT = "on_missing='drop' or 'zero' opts out"  # the CLI swaps in its own flag
 _SHOWN = 5  # how many shard names an error message lists
 
 
@@ -334,6 +336,45 @@ def _as_str_array(values, what: str) -> pa.Array:
     return arr.cast(pa.string())
 
 
+def _evaluate_table(table: pa.Table, expr: str, fill_null: bool):
+    value = _Evaluator(table, expr).visit(_parse(expr))
+    if value.kind == "str":
+        raise ValueError(f"expression {expr!r} gives text; compare it, e.g. {expr} == 'reliable'")
+    data = _broadcast(value.data, table.num_rows)
+    if not fill_null:
+        return data
+    if value.kind == "bool":
+        return pc.fill_null(data, False).to_numpy(zero_copy_only=False).astype(bool)
+    out = pc.fill_null(pc.cast(data, pa.float64()), 0.0).to_numpy(zero_copy_only=False)
+    return np.where(np.isnan(out), 0.0, out)
+
+
+def evaluate(data, expr: str, fill_null: bool = True):
+    """Evaluate ``expr`` on every row of a table, without loading anything.
+
+    Parameters
+    ----------
+    data : a :class:`Verdicts`, a ``pyarrow.Table`` or a ``pandas.DataFrame``
+        (e.g. sidecar rows already joined to a dataset); only the columns the
+        expression names are needed. NaN in a pandas float column is a null.
+    expr, fill_null : as :meth:`Verdicts.evaluate` (no status rule applied).
+
+    Returns
+    -------
+    numpy.ndarray (bool or float64), or a ``pyarrow.Array`` with ``fill_null=False``.
+    """
+    if isinstance(data, Verdicts):
+        return data.evaluate(expr, fill_null)
+    if not isinstance(data, pa.Table):
+        try:
+            data = pa.Table.from_pandas(data, preserve_index=False)
+        except (TypeError, AttributeError, pa.ArrowException) as exc:
+            raise TypeError(
+                f"evaluate() needs a Verdicts, a pyarrow.Table or a pandas.DataFrame ({exc})"
+            ) from None
+    return _evaluate_table(data, expr, fill_null)
+
+
 # --------------------------------------------------------------------------
 # Verdicts
 # --------------------------------------------------------------------------
@@ -487,18 +528,7 @@ class Verdicts:
             for anything outside the grammar, unknown columns, type errors, or
             an expression that gives text.
         """
-        value = _Evaluator(self.table, expr).visit(_parse(expr))
-        if value.kind == "str":
-            raise ValueError(
-                f"expression {expr!r} gives text; compare it, e.g. {expr} == 'reliable'"
-            )
-        data = _broadcast(value.data, len(self))
-        if not fill_null:
-            return data
-        if value.kind == "bool":
-            return pc.fill_null(data, False).to_numpy(zero_copy_only=False).astype(bool)
-        out = pc.fill_null(pc.cast(data, pa.float64()), 0.0).to_numpy(zero_copy_only=False)
-        return np.where(np.isnan(out), 0.0, out)
+        return _evaluate_table(self.table, expr, fill_null)
 
     def mask(self, expr: str | None, keep_failed: bool = False) -> np.ndarray:
         """Keep (True) / drop per row: ``expr`` must be true/false; ``None`` keeps all.
@@ -576,7 +606,7 @@ class Verdicts:
             )
             raise SidecarMismatchError(
                 f"{int(missing.sum())} of {len(rows)} uids have no row in the sidecar (e.g. {shown}); "
-                "was it scored with --uid-field? on_missing='drop' or 'zero' opts out"
+                f"was it scored with --uid-field? {OPT_OUT_HINT}"
             )
         return rows
 
@@ -612,7 +642,7 @@ class Verdicts:
             )
             raise SidecarMismatchError(
                 f"{int(missing.sum())} of {len(rows)} keys have no row in the sidecar (e.g. {shown}); "
-                "on_missing='drop' or 'zero' opts out"
+                + OPT_OUT_HINT
             )
         return rows
 
@@ -629,7 +659,7 @@ class Verdicts:
         return (
             f"{int(missing.sum())} of {len(missing)} {what} have no row in the sidecar "
             f"(shards: {', '.join(parts)}{more}); is it the sidecar of these shards? "
-            "on_missing='drop' or 'zero' opts out"
+            + OPT_OUT_HINT
         )
 
     # -- per-shard index for streaming --------------------------------------
@@ -772,11 +802,11 @@ class _Stage:
             )
             return (
                 f"shard {name} has no rows in the sidecar (sample {key!r}); the sidecar covers "
-                f"{len(known)} shards: {shown}. on_missing='drop' or 'zero' opts out"
+                f"{len(known)} shards: {shown}. {OPT_OUT_HINT}"
             )
         return (
             f"sample {key!r} of shard {name} has no row in the sidecar ({matched} of {seen} samples of this "
-            f"shard matched so far; the sidecar has {len(index)} keys for it). on_missing='drop' or 'zero' opts out"
+            f"shard matched so far; the sidecar has {len(index)} keys for it). {OPT_OUT_HINT}"
         )
 
 

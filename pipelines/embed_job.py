@@ -70,6 +70,8 @@ def run_embed(
     workers: int = 2,
     overwrite: bool = False,
     progress: bool = True,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> EmbedReport:
     """Embed every shard whose cache partition is missing or incomplete.
 
@@ -94,8 +96,15 @@ def run_embed(
             todo.append(path)
     if not todo:
         return report
-    estimator = est.get()
-    bs = batch_size or default_batch_size(estimator.device)
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"--engine must be local or ray, not {engine!r}")
+    if engine == "local":
+        estimator = est.get()
+        bs = batch_size or default_batch_size(estimator.device)
+    else:
+        import torch
+
+        bs = batch_size or default_batch_size("cuda" if torch.cuda.is_available() else "cpu")
     bar = tqdm(total=None, unit="sample", desc="embed", disable=not progress, file=sys.stderr, dynamic_ncols=True)
 
     def on_shard(result: ShardResult) -> None:
@@ -108,7 +117,7 @@ def run_embed(
             for w in result.warnings:
                 tqdm.write(f"warning: shard {result.path.name}: {w}", file=sys.stderr)
         info = {"identity": identity, "nclean_version": __version__, "shard_path": str(result.path),
-                "warnings": result.warnings, "estimator": estimator.describe()}
+                "warnings": result.warnings}
         cache.write(result.stem, result.meta, result.image, result.text, info)
         report.embedded.append(result.stem)
         faults.checkpoint("embed")
@@ -118,7 +127,16 @@ def run_embed(
         bar.update(n)
 
     try:
-        embed_shards(estimator, todo, spec, bs, workers, on_shard, on_batch)
+        if engine == "ray":
+            from dataclasses import replace
+
+            from .ray_runner import init_ray, ray_embed
+
+            ray = init_ray(ray_address)
+            # ship the spec, not a model the driver may have loaded
+            ray_embed(ray, todo, replace(est, _loaded=None), spec, bs, on_shard, on_batch)
+        else:
+            embed_shards(estimator, todo, spec, bs, workers, on_shard, on_batch)
     finally:
         bar.close()
     return report

@@ -57,7 +57,7 @@ from tqdm import tqdm
 from cleaner.errors import ConfigError, InputError
 from cleaner.schema import SchemaError
 from cleaner.shards import ShardReadError, ShardReport, expand_shards, read_shard
-from cleaner.weights import Verdicts
+from cleaner.weights import OPT_OUT_HINT, SidecarMismatchError, Verdicts
 
 DATACOMP_UID_DTYPE = np.dtype("u8,u8")  # as DataComp's baselines and resharder.py
 OUTPUT_NAME = "{:06d}.tar"
@@ -228,7 +228,12 @@ class _Plan:
 
 
 def _plan(scan: _Scan, verdicts: Verdicts, job: FilterJob) -> _Plan:
-    rows = verdicts.lookup(scan.shard_names, scan.keys, on_missing=job.on_missing)
+    try:
+        rows = verdicts.lookup(scan.shard_names, scan.keys, on_missing=job.on_missing)
+    except SidecarMismatchError as exc:
+        raise SidecarMismatchError(
+            str(exc).replace(OPT_OUT_HINT, "--on-missing drop opts out")
+        ) from None
     try:
         mask = verdicts.mask(job.where, keep_failed=job.keep_failed)
         weights = (

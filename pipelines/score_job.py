@@ -77,6 +77,8 @@ class ScoreJob:
     workers: int = 2
     overwrite: bool = False
     progress: bool = True
+    engine: str = "local"  # local | ray
+    ray_address: str | None = None
     argv: list[str] = field(default_factory=list)
     # called with a phase name (embed, fit, index, transform, merge) as each
     # starts and with "done" at the end; benchmarks hang timers on it
@@ -105,6 +107,8 @@ def _log(msg: str) -> None:
 
 def _check_settings(job: ScoreJob) -> None:
     st = job.settings
+    if job.engine not in ("local", "ray"):
+        raise ConfigError(f"--engine must be local or ray, not {job.engine!r}")
     if st.beta_source not in ("noise", "shuffled"):
         raise ConfigError(f"--beta-source must be noise or shuffled, not {st.beta_source!r}")
     if (job.shards is None) == (job.embeddings is None):
@@ -302,6 +306,7 @@ def run_score(job: ScoreJob) -> ScoreSummary:
         embed_report = run_embed(
             shards, cache, job.estimator, job.sample_spec, job.batch_size, job.workers,
             overwrite=job.overwrite and job.cache is not None, progress=job.progress,
+            engine=job.engine, ray_address=job.ray_address,
         )
         summary.fatal_shards = dict(embed_report.fatal)
         stems = [s for s in stems_all if s not in embed_report.fatal]
@@ -344,12 +349,26 @@ def run_score(job: ScoreJob) -> ScoreSummary:
             tmp.write_text(json.dumps(base_meta["neighbors"], indent=1, sort_keys=True, default=str))
             tmp.replace(layout.state_dir / "neighbors.json")
         phase("transform")
-        for pos, stem in tqdm(todo, desc="score", unit="shard", disable=not job.progress, file=sys.stderr, dynamic_ncols=True):
-            view = ShardView.load(cache, stem, pos, n_classes)
-            table = transform_shard(view, stem, scorers, indexes, methods, {**base_meta, "shard": stem})
-            atomic_write_table(table, layout.part_path(stem))
+        bar = tqdm(total=len(todo), desc="score", unit="shard", disable=not job.progress, file=sys.stderr, dynamic_ncols=True)
+
+        def part_done(stem: str) -> None:
             summary.parts_written += 1
+            bar.update(1)
             faults.checkpoint("part")
+
+        if job.engine == "ray":
+            from .ray_runner import init_ray, ray_transform
+
+            ray = init_ray(job.ray_address)
+            ray_transform(ray, todo, cache, fit["scorers"], layout.state_dir, indexes, methods, base_meta,
+                          n_classes, layout.part_path, part_done)
+        else:
+            for pos, stem in todo:
+                view = ShardView.load(cache, stem, pos, n_classes)
+                table = transform_shard(view, stem, scorers, indexes, methods, {**base_meta, "shard": stem})
+                atomic_write_table(table, layout.part_path(stem))
+                part_done(stem)
+        bar.close()
 
     phase("merge")
     # Summary counts come from the parts themselves: what a reader will see.
