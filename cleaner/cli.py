@@ -217,6 +217,8 @@ def embed(
     image_key: str = ImageKeyOpt,
     text_key: str = TextKeyOpt,
     uid_field: str = UidOpt,
+    engine: str = typer.Option("local", "--engine", help="local, or ray (an actor pool, one shard per call)."),
+    ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster address [default: $RAY_ADDRESS, else a local Ray]."),
     overwrite: bool = OverwriteOpt,
     progress: bool = ProgressOpt,
     debug: bool = DebugOpt,
@@ -236,6 +238,7 @@ def embed(
     report = run_embed(
         paths, EmbeddingCache(out), _estimator(model, pretrained, device, precision),
         _spec(image_key, text_key, uid_field), batch_size, workers, overwrite=overwrite, progress=progress,
+        engine=engine, ray_address=ray_address,
     )
     print(
         f"embedded {len(report.embedded)} shards ({report.samples} samples), reused {len(report.skipped)}; folder: {out}",
