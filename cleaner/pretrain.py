@@ -3,7 +3,7 @@
 A random-initialised open_clip model cannot tell a matched pair from a
 mismatched one, so detection figures made with it sit at chance. The
 benchmarks (and ``nclean demo``) need an estimator that *knows* the shapes
-world the way CLIP knows photographs: this module pre-trains the tiny
+world the way CLIP knows photographs: this module pre-trains a small
 config contrastively (plain symmetric InfoNCE, :func:`cleaner.train.train`
 with ``method='none'``) on CLEAN pairs of the ``default`` domain, generated
 from seeds no benchmark uses, and evaluates zero-shot retrieval on held-out
@@ -15,11 +15,21 @@ settings and the held-out R@1/R@5 both ways next to it; a later call with
 the same settings returns the cached file at once. A file lock makes
 concurrent callers (two benchmarks at once) train it only once.
 
+Which config: ``nclean-small`` is ``nclean-tiny`` with 8-pixel patches
+(64 image tokens instead of 16; same widths and depths, same parameter
+count but the position embeddings). With the same recipe (4000 pairs, 6
+epochs, lr 2e-3, batch 128, one CPU thread) the tiny config reached
+held-out R@1 i2t 2.0% / t2i 1.0% and the small one 6.4% / 4.3%, at about the
+same step time: 16-pixel patches are too coarse for the small shapes. The
+default recipe (8000 pairs, 8 epochs, lr 3e-3) takes about 4 minutes on one
+busy CPU core and gives about 22% / 17% R@1 (R@5 about 50%) on 1000
+held-out pairs, where chance is 0.1%.
+
 Typical use::
 
     from cleaner.pretrain import pretrained_estimator
     ckpt = pretrained_estimator()          # minutes the first time, then instant
-    ScoreJob(..., estimator=EstimatorSpec(model="nclean-tiny", pretrained=str(ckpt)))
+    ScoreJob(..., estimator=EstimatorSpec(model=DEFAULT_MODEL, pretrained=str(ckpt)))
 """
 
 from __future__ import annotations
@@ -41,11 +51,11 @@ RECIPE_VERSION = 1
 TRAIN_SEED_BASE = 1_000_000
 EVAL_SEED_BASE = 2_000_000
 
-DEFAULT_MODEL = "nclean-tiny"
+DEFAULT_MODEL = "nclean-small"
 DEFAULT_SAMPLES = 8000
 DEFAULT_EPOCHS = 8
 DEFAULT_BATCH_SIZE = 128
-DEFAULT_LR = 2e-3
+DEFAULT_LR = 3e-3
 DEFAULT_EVAL_SAMPLES = 1000
 
 
