@@ -94,8 +94,14 @@ TOP_FRACTION = 0.30
 TARGET_CLEAN_KEPT, TARGET_NOISE_CAUGHT, TARGET_AUROC = 0.95, 0.98, 0.99
 TARGET_METHODS = ("OSA (noise beta)", "OSA (shuffled beta)", "SDD")
 METRIC_COLUMNS = [
-    "clean kept %", "noise caught %", "AUROC", "precision", "recall", "F1",
-    "norm. mean noise rank", "mean noise rank (optimum)",
+    "clean kept %",
+    "noise caught %",
+    "AUROC",
+    "precision",
+    "recall",
+    "F1",
+    "norm. mean noise rank",
+    "mean noise rank (optimum)",
 ]
 
 
@@ -138,8 +144,14 @@ def build_sets(n: int) -> dict[str, Path]:
     base: dict[str, list[dict]] = {}
     for i, (name, domain, fraction) in enumerate(CAPTION_SETS):
         folder = WORK / f"n{n}" / _slug(name)
-        settings = {"v": DATA_VERSION, "n": n, "domain": domain, "fraction": fraction,
-                    "seed": CAPTION_SEED, "noise_seed": 100 + i}
+        settings = {
+            "v": DATA_VERSION,
+            "n": n,
+            "domain": domain,
+            "fraction": fraction,
+            "seed": CAPTION_SEED,
+            "noise_seed": 100 + i,
+        }
         if not _ready(folder, settings):
             if domain not in base:
                 base[domain] = shapes.generate(n, seed=CAPTION_SEED, domain=domain)
@@ -151,8 +163,14 @@ def build_sets(n: int) -> dict[str, Path]:
     for i, fraction in enumerate(LABEL_LEVELS):
         name = f"labels {fraction:.0%}"
         folder = WORK / f"n{n}" / _slug(name)
-        settings = {"v": DATA_VERSION, "n": n, "fraction": fraction, "seed": LABEL_SEED,
-                    "noise_seed": 200 + i, "max_objects": 1}
+        settings = {
+            "v": DATA_VERSION,
+            "n": n,
+            "fraction": fraction,
+            "seed": LABEL_SEED,
+            "noise_seed": 200 + i,
+            "max_objects": 1,
+        }
         if not _ready(folder, settings):
             if singles is None:
                 singles = shapes.generate(n, seed=LABEL_SEED, max_objects=1)
@@ -170,7 +188,9 @@ def _class_files(folder: Path) -> tuple[Path, Path]:
     classes = folder / "classes.txt"
     classes.write_text("\n".join(SHAPES) + "\n")
     prompts = folder / "prompts.json"
-    prompts.write_text(json.dumps({s: [f"a large {c} {s}" for c in COLOURS] for s in SHAPES}, indent=1))
+    prompts.write_text(
+        json.dumps({s: [f"a large {c} {s}" for c in COLOURS] for s in SHAPES}, indent=1)
+    )
     return classes, prompts
 
 
@@ -200,18 +220,31 @@ def score_caption_set(folder: Path, model: str, ckpt: Path, progress: bool) -> d
 
     truth = json.loads((folder / "truth.json").read_text())
     t0 = time.perf_counter()
-    main = run_score(ScoreJob(
-        out=str(folder / "scores.parquet"), shards=[str(folder / "shards")], cache=str(folder / "emb"),
-        estimator=_estimator_spec(model, ckpt),
-        settings=ScoreSettings(methods=["osa", "sdd", "sps"], beta_source="noise", seed=0),
-        workers=1, overwrite=True, progress=progress, argv=["bench_detection"],
-    ))
+    main = run_score(
+        ScoreJob(
+            out=str(folder / "scores.parquet"),
+            shards=[str(folder / "shards")],
+            cache=str(folder / "emb"),
+            estimator=_estimator_spec(model, ckpt),
+            settings=ScoreSettings(methods=["osa", "sdd", "sps"], beta_source="noise", seed=0),
+            workers=1,
+            overwrite=True,
+            progress=progress,
+            argv=["bench_detection"],
+        )
+    )
     t1 = time.perf_counter()
-    shuffled = run_score(ScoreJob(
-        out=str(folder / "scores_shuffled.parquet"), embeddings=str(folder / "emb"),
-        settings=ScoreSettings(methods=["osa"], beta_source="shuffled", seed=0),
-        workers=1, overwrite=True, progress=progress, argv=["bench_detection", "--embeddings"],
-    ))
+    shuffled = run_score(
+        ScoreJob(
+            out=str(folder / "scores_shuffled.parquet"),
+            embeddings=str(folder / "emb"),
+            settings=ScoreSettings(methods=["osa"], beta_source="shuffled", seed=0),
+            workers=1,
+            overwrite=True,
+            progress=progress,
+            argv=["bench_detection", "--embeddings"],
+        )
+    )
     t2 = time.perf_counter()
     return {
         "frame": _read(folder / "scores.parquet", truth),
@@ -225,7 +258,9 @@ def score_caption_set(folder: Path, model: str, ckpt: Path, progress: bool) -> d
     }
 
 
-def score_label_set(folder: Path, model: str, ckpt: Path, classes: Path, prompts: Path, progress: bool) -> dict:
+def score_label_set(
+    folder: Path, model: str, ckpt: Path, classes: Path, prompts: Path, progress: bool
+) -> dict:
     from cleaner.embcache import EmbeddingCache
     from cleaner.scorers.clipcleaner import _from_b64_f32, zero_shot_probs
     from pipelines.methods import MethodSettings
@@ -233,13 +268,23 @@ def score_label_set(folder: Path, model: str, ckpt: Path, classes: Path, prompts
 
     truth = json.loads((folder / "truth.json").read_text())
     t0 = time.perf_counter()
-    summary = run_score(ScoreJob(
-        out=str(folder / "scores.parquet"), shards=[str(folder / "shards")], cache=str(folder / "emb"),
-        estimator=_estimator_spec(model, ckpt),
-        settings=ScoreSettings(methods=["clipcleaner"], seed=0,
-                               method=MethodSettings(cc_classes=str(classes), cc_prompts=str(prompts))),
-        workers=1, overwrite=True, progress=progress, argv=["bench_detection"],
-    ))
+    summary = run_score(
+        ScoreJob(
+            out=str(folder / "scores.parquet"),
+            shards=[str(folder / "shards")],
+            cache=str(folder / "emb"),
+            estimator=_estimator_spec(model, ckpt),
+            settings=ScoreSettings(
+                methods=["clipcleaner"],
+                seed=0,
+                method=MethodSettings(cc_classes=str(classes), cc_prompts=str(prompts)),
+            ),
+            workers=1,
+            overwrite=True,
+            progress=progress,
+            argv=["bench_detection"],
+        )
+    )
     seconds = time.perf_counter() - t0
     frame = _read(folder / "scores.parquet", truth)
     cc = summary.fit["scorers"]["clipcleaner"]
@@ -256,8 +301,14 @@ def score_label_set(folder: Path, model: str, ckpt: Path, classes: Path, prompts
         images.append(shard.image[ok])
     pos = {k: i for i, k in enumerate(keys)}
     image = np.concatenate(images)[[pos[k] for k in frame.key]]
-    p_zs = zero_shot_probs(image, prompt_emb, cop, temperature=st["temperature"],
-                           aggregate=st["prompt_aggregate"], n_classes=st["n_classes"])
+    p_zs = zero_shot_probs(
+        image,
+        prompt_emb,
+        cop,
+        temperature=st["temperature"],
+        aggregate=st["prompt_aggregate"],
+        n_classes=st["n_classes"],
+    )
     return {
         "frame": frame,
         "noisy": np.asarray(truth["noisy"], bool),
@@ -356,15 +407,37 @@ def plot_cosines(name: str, res: dict, path: Path) -> None:
     width = bins[1] - bins[0]
     w = np.full(len(cos), 1.0 / (len(cos) * width))  # both histograms together integrate to 1
     fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
-    ax.hist(cos[~noisy], bins=bins, weights=w[~noisy], alpha=0.55, color="tab:green", label=f"clean ({(~noisy).sum()})")
-    ax.hist(cos[noisy], bins=bins, weights=w[noisy], alpha=0.55, color="tab:red", label=f"noisy ({noisy.sum()})")
+    ax.hist(
+        cos[~noisy],
+        bins=bins,
+        weights=w[~noisy],
+        alpha=0.55,
+        color="tab:green",
+        label=f"clean ({(~noisy).sum()})",
+    )
+    ax.hist(
+        cos[noisy],
+        bins=bins,
+        weights=w[noisy],
+        alpha=0.55,
+        color="tab:red",
+        label=f"noisy ({noisy.sum()})",
+    )
     gmm = res["fit"]["scorers"]["sdd"]["gmm"]
     xs = np.linspace(bins[0], bins[-1], 400)
-    for k, (wk, mu, var) in enumerate(zip(gmm["weights"], gmm["means"], gmm["variances"], strict=True)):
+    for k, (wk, mu, var) in enumerate(
+        zip(gmm["weights"], gmm["means"], gmm["variances"], strict=True)
+    ):
         mu_c, sd_c = mu / 100.0, np.sqrt(var) / 100.0  # SDD fits on 100 * cosine
         dens = wk * np.exp(-0.5 * ((xs - mu_c) / sd_c) ** 2) / (sd_c * np.sqrt(2 * np.pi))
-        ax.plot(xs, dens, color="black", lw=1.4, ls="-" if k == 0 else "--",
-                label=f"SDD GMM component (mean {mu_c:.3f}, w {wk:.2f})")
+        ax.plot(
+            xs,
+            dens,
+            color="black",
+            lw=1.4,
+            ls="-" if k == 0 else "--",
+            label=f"SDD GMM component (mean {mu_c:.3f}, w {wk:.2f})",
+        )
     lines = [
         (res["beta_noise"]["value"], "tab:blue", "-", "OSA beta (noise)"),
         (res["beta_shuffled"]["value"], "tab:purple", "-", "OSA beta (shuffled)"),
@@ -394,11 +467,19 @@ def target_sentences(caption: dict[str, dict[str, dict]]) -> tuple[list[str], li
     for m in TARGET_METHODS:
         r = rows[m]
         misses = [
-            s for s, bad in (
-                (f"clean kept {_pct(r['clean kept %'])} < {TARGET_CLEAN_KEPT:.0%}", r["clean kept %"] < 100 * TARGET_CLEAN_KEPT),
-                (f"noise caught {_pct(r['noise caught %'])} < {TARGET_NOISE_CAUGHT:.0%}", r["noise caught %"] < 100 * TARGET_NOISE_CAUGHT),
+            s
+            for s, bad in (
+                (
+                    f"clean kept {_pct(r['clean kept %'])} < {TARGET_CLEAN_KEPT:.0%}",
+                    r["clean kept %"] < 100 * TARGET_CLEAN_KEPT,
+                ),
+                (
+                    f"noise caught {_pct(r['noise caught %'])} < {TARGET_NOISE_CAUGHT:.0%}",
+                    r["noise caught %"] < 100 * TARGET_NOISE_CAUGHT,
+                ),
                 (f"AUROC {r['AUROC']:.4f} < {TARGET_AUROC}", r["AUROC"] < TARGET_AUROC),
-            ) if bad
+            )
+            if bad
         ]
         verdict = "**met**" if not misses else "**not met** (" + "; ".join(misses) + ")"
         lines.append(
@@ -420,10 +501,12 @@ def label_sentences(labels: dict[str, dict[str, dict]]) -> tuple[list[str], list
             verdict = "**met** (precision and recall both at least cleanlab's)"
             met.append(name)
         elif cc["recall"] < cl["recall"]:
-            verdict = ("**not met as stated** (CLIPCleaner's recall is lower, so the comparison is not at "
-                       "equal or higher recall); at CLIPCleaner's recall cleanlab's ranking reaches precision "
-                       f"{p_eq:.3f} vs CLIPCleaner's {cc['precision']:.3f}, so CLIPCleaner is "
-                       + ("at least as precise there" if cc["precision"] >= p_eq else "less precise there"))
+            verdict = (
+                "**not met as stated** (CLIPCleaner's recall is lower, so the comparison is not at "
+                "equal or higher recall); at CLIPCleaner's recall cleanlab's ranking reaches precision "
+                f"{p_eq:.3f} vs CLIPCleaner's {cc['precision']:.3f}, so CLIPCleaner is "
+                + ("at least as precise there" if cc["precision"] >= p_eq else "less precise there")
+            )
         else:
             verdict = "**not met** (precision lower at equal or higher recall)"
         lines.append(
@@ -470,7 +553,11 @@ def finding_sentences(caption: dict, results: dict) -> list[str]:
 # ----------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="600 samples per set (a few minutes once the estimator is cached)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="600 samples per set (a few minutes once the estimator is cached)",
+    )
     ap.add_argument("--n", type=int, default=None, help="samples per set [3000; 600 with --quick]")
     ap.add_argument("--progress", action="store_true", help="show the scoring jobs' progress bars")
     args = ap.parse_args()
@@ -523,9 +610,19 @@ def main() -> None:
 
     est = load_estimator(model, str(ckpt), "cpu", "fp32")
     texts, cop = build_prompts(SHAPES)
-    temb = torch.cat([est.encode_text(torch.as_tensor(est.tokenizer(texts[i : i + 256]))) for i in range(0, len(texts), 256)]).numpy()
+    temb = torch.cat(
+        [
+            est.encode_text(torch.as_tensor(est.tokenizer(texts[i : i + 256])))
+            for i in range(0, len(texts), 256)
+        ]
+    ).numpy()
     first = results[f"labels {LABEL_LEVELS[0]:.0%}"]
-    acc_builtin = float((zero_shot_probs(first["image"], temb, cop, n_classes=len(SHAPES)).argmax(1) == first["true_label"]).mean())
+    acc_builtin = float(
+        (
+            zero_shot_probs(first["image"], temb, cop, n_classes=len(SHAPES)).argmax(1)
+            == first["true_label"]
+        ).mean()
+    )
 
     # ------------------------------------------------------------- markdown
     held, shifted = info["heldout"], info["heldout_shifted"]
@@ -544,7 +641,7 @@ def main() -> None:
         + ", ".join(f"{nm} ({int(results[nm]['noisy'].sum())} noisy)" for nm, _, _ in CAPTION_SETS)
         + f". Label sets: {n} single-object images, symmetric label noise at "
         + ", ".join(f"{f:.0%}" for f in LABEL_LEVELS)
-        + f"; prompts \"a large {{colour}} {{shape}}\" for the 8 colours, summed per class. Zero-shot "
+        + f'; prompts "a large {{colour}} {{shape}}" for the 8 colours, summed per class. Zero-shot '
         f"accuracy on the true labels: {results['labels 20%']['zs_accuracy']:.3f} with these prompts, "
         f"{acc_builtin:.3f} with the built-in CLIP templates (words the estimator never saw).\n",
         "Keep decision / score per row: OSA `osa_weight > 0` / `osa_weight`; SDD `sdd_keep` / "
@@ -557,7 +654,10 @@ def main() -> None:
         "ranked last, 0.5 = random; it equals the AUROC (Mann-Whitney), shown as a cross-check. "
         "Raw mean noise rank with its optimum N - (M-1)/2 in brackets, as the OSA paper reports it.\n",
         f"### Headline: {HEADLINE_SET} noise, in-domain\n",
-        md_table(["method", *METRIC_COLUMNS], [[m, *(r[c] for c in METRIC_COLUMNS)] for m, r in caption[HEADLINE_SET].items()]),
+        md_table(
+            ["method", *METRIC_COLUMNS],
+            [[m, *(r[c] for c in METRIC_COLUMNS)] for m, r in caption[HEADLINE_SET].items()],
+        ),
         "### Targets\n",
     ]
     t_lines, t_met = target_sentences(caption)
@@ -579,11 +679,16 @@ def main() -> None:
         for m, r in caption[name].items():
             rows.append([name, m, *(r[c] for c in METRIC_COLUMNS)])
     body.append(md_table(["set", "method", *METRIC_COLUMNS], rows))
-    body.append("\nbeta per set (cosine units; K and standard error): " + "; ".join(
-        f"{nm}: noise {results[nm]['beta_noise']['value']:.4f} (K={results[nm]['beta_noise']['k']}, se "
-        f"{results[nm]['beta_noise']['se']:.4f}), shuffled {results[nm]['beta_shuffled']['value']:.4f} "
-        f"(K={results[nm]['beta_shuffled']['k']}, se {results[nm]['beta_shuffled']['se']:.4f})"
-        for nm, _, _ in CAPTION_SETS) + ".\n")
+    body.append(
+        "\nbeta per set (cosine units; K and standard error): "
+        + "; ".join(
+            f"{nm}: noise {results[nm]['beta_noise']['value']:.4f} (K={results[nm]['beta_noise']['k']}, se "
+            f"{results[nm]['beta_noise']['se']:.4f}), shuffled {results[nm]['beta_shuffled']['value']:.4f} "
+            f"(K={results[nm]['beta_shuffled']['k']}, se {results[nm]['beta_shuffled']['se']:.4f})"
+            for nm, _, _ in CAPTION_SETS
+        )
+        + ".\n"
+    )
     body.append("\n### Label noise (CLIPCleaner vs cleanlab, same zero-shot probabilities)\n")
     rows = []
     for name, rr in labels.items():
@@ -593,19 +698,33 @@ def main() -> None:
     body.append("\n### Cosine distributions\n")
     body.append(
         "Clean vs noisy cosines of each caption set, the OSA beta of both sources, SDD's thresholds "
-        "and its fitted GMM components (fitted on 100 x cosine, drawn in cosine units):\n")
+        "and its fitted GMM components (fitted on 100 x cosine, drawn in cosine units):\n"
+    )
     for name, path in plots:
         body.append(f"- {name}: [{path.name}](results/{path.name})")
     timing = "; ".join(
-        f"{nm} {sum(results[nm]['seconds']):.0f} s" if isinstance(results[nm]["seconds"], tuple)
-        else f"{nm} {results[nm]['seconds']:.0f} s" for nm in results)
-    body.append(f"\nScoring wall time per set (embed + fit + index + transform, plus the shuffled-beta "
-                f"rerun for caption sets): {timing}.\n")
+        f"{nm} {sum(results[nm]['seconds']):.0f} s"
+        if isinstance(results[nm]["seconds"], tuple)
+        else f"{nm} {results[nm]['seconds']:.0f} s"
+        for nm in results
+    )
+    body.append(
+        f"\nScoring wall time per set (embed + fit + index + transform, plus the shuffled-beta "
+        f"rerun for caption sets): {timing}.\n"
+    )
 
-    cmd = "python benchmarks/bench_detection.py" + (" --quick" if args.quick else "") + (
-        f" --n {args.n}" if args.n else "")
-    path = write_section("detection", "Detection quality (shapes world, pre-trained tiny estimator)",
-                         "\n".join(body), started, cmd)
+    cmd = (
+        "python benchmarks/bench_detection.py"
+        + (" --quick" if args.quick else "")
+        + (f" --n {args.n}" if args.n else "")
+    )
+    path = write_section(
+        "detection",
+        "Detection quality (shapes world, pre-trained tiny estimator)",
+        "\n".join(body),
+        started,
+        cmd,
+    )
     print("\n".join(body))
     print(f"wrote {path} in {time.time() - started:.0f} s")
 

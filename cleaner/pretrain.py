@@ -65,8 +65,7 @@ def checkpoint_name(
     """File stem encoding every setting that changes the weights."""
     model_stem = Path(model).stem if model.endswith(".json") else model
     return (
-        f"{model_stem}-shapes-n{samples}-e{epochs}-b{batch_size}-lr{lr:g}-s{seed}"
-        f"-r{RECIPE_VERSION}"
+        f"{model_stem}-shapes-n{samples}-e{epochs}-b{batch_size}-lr{lr:g}-s{seed}-r{RECIPE_VERSION}"
     )
 
 
@@ -187,7 +186,10 @@ def pretrained_estimator(
         work = cache_dir / f".{stem}.work"
         shutil.rmtree(work, ignore_errors=True)
         train_dir, eval_dir, shifted_dir = work / "train", work / "eval", work / "eval_shifted"
-        _log(progress, f"pre-training {model} on {samples} clean shapes-world pairs ({epochs} epochs) ...")
+        _log(
+            progress,
+            f"pre-training {model} on {samples} clean shapes-world pairs ({epochs} epochs) ...",
+        )
         _write_clean_shards(train_dir, samples, TRAIN_SEED_BASE + seed, "default")
         _write_clean_shards(eval_dir, eval_samples, EVAL_SEED_BASE + seed, "default")
         _write_clean_shards(shifted_dir, eval_samples, EVAL_SEED_BASE + seed, "shifted")
@@ -221,10 +223,17 @@ def pretrained_estimator(
             "model": Path(model).stem if model.endswith(".json") else model,
             "recipe_version": RECIPE_VERSION,
             "settings": {
-                "samples": samples, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-                "weight_decay": cfg.weight_decay, "warmup_steps": cfg.warmup_steps, "seed": seed,
-                "train_data_seed": TRAIN_SEED_BASE + seed, "eval_data_seed": EVAL_SEED_BASE + seed,
-                "domain": "default", "eval_samples": eval_samples,
+                "samples": samples,
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "lr": lr,
+                "weight_decay": cfg.weight_decay,
+                "warmup_steps": cfg.warmup_steps,
+                "seed": seed,
+                "train_data_seed": TRAIN_SEED_BASE + seed,
+                "eval_data_seed": EVAL_SEED_BASE + seed,
+                "domain": "default",
+                "eval_samples": eval_samples,
             },
             "heldout": heldout,
             "heldout_shifted": shifted,
