@@ -48,13 +48,19 @@ class BetaEstimate:
 
 
 @torch.inference_mode()
-def noise_beta(estimator, k: int = DEFAULT_NOISE_K, seed: int = 0, batch_size: int = 64) -> BetaEstimate:
+def noise_beta(
+    estimator, k: int = DEFAULT_NOISE_K, seed: int = 0, batch_size: int = 64
+) -> BetaEstimate:
     """beta from K noise images x K random token sequences (released code)."""
     gen = torch.Generator().manual_seed(seed)
     images = torch.rand(k, 3, estimator.image_size, estimator.image_size, generator=gen)
     tokens = torch.randint(0, 100, (k, estimator.context_length), generator=gen)
-    img = torch.cat([estimator.encode_images(images[i : i + batch_size]) for i in range(0, k, batch_size)])
-    txt = torch.cat([estimator.encode_text(tokens[i : i + batch_size]) for i in range(0, k, batch_size)])
+    img = torch.cat(
+        [estimator.encode_images(images[i : i + batch_size]) for i in range(0, k, batch_size)]
+    )
+    txt = torch.cat(
+        [estimator.encode_text(tokens[i : i + batch_size]) for i in range(0, k, batch_size)]
+    )
     cos = (img @ txt.T).double().cpu().numpy()  # (K, K) cross pairs
     return _grid_estimate(cos, source="noise", seed=seed)
 
@@ -74,7 +80,9 @@ def _grid_estimate(cos: np.ndarray, source: str, seed: int | None) -> BetaEstima
     )
 
 
-def sample_mismatched_indices(sizes: Sequence[int], k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def sample_mismatched_indices(
+    sizes: Sequence[int], k: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """K (image_row, text_row) global index pairs with image_row != text_row,
     uniform over the concatenation of blocks of the given sizes."""
     total = int(np.sum(sizes))
@@ -88,18 +96,27 @@ def sample_mismatched_indices(sizes: Sequence[int], k: int, seed: int) -> tuple[
     return i, j
 
 
-def shuffled_beta_from_rows(image_rows: np.ndarray, text_rows: np.ndarray, seed: int) -> BetaEstimate:
+def shuffled_beta_from_rows(
+    image_rows: np.ndarray, text_rows: np.ndarray, seed: int
+) -> BetaEstimate:
     """beta from already gathered mismatched pairs (row i of each)."""
     cos = np.einsum("ij,ij->i", image_rows.astype(np.float64), text_rows.astype(np.float64))
     k = len(cos)
     std = float(cos.std(ddof=1)) if k > 1 else 0.0
     return BetaEstimate(
-        value=float(cos.mean()), std=std, se=std / np.sqrt(k) if k else 0.0,
-        k=k, n_pairs=k, source="shuffled", seed=seed,
+        value=float(cos.mean()),
+        std=std,
+        se=std / np.sqrt(k) if k else 0.0,
+        k=k,
+        n_pairs=k,
+        source="shuffled",
+        seed=seed,
     )
 
 
-def shuffled_beta(image: np.ndarray, text: np.ndarray, k: int = DEFAULT_SHUFFLED_K, seed: int = 0) -> BetaEstimate:
+def shuffled_beta(
+    image: np.ndarray, text: np.ndarray, k: int = DEFAULT_SHUFFLED_K, seed: int = 0
+) -> BetaEstimate:
     """In-memory version: ``image``/``text`` are the ok rows' embeddings."""
     i, j = sample_mismatched_indices([len(image)], k, seed)
     return shuffled_beta_from_rows(image[i], text[j], seed)

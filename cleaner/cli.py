@@ -35,25 +35,48 @@ app = typer.Typer(
 _DEBUG = {"on": False}
 
 # -- shared options ----------------------------------------------------------
-ModelOpt = typer.Option("ViT-B-32", "--model", help="open_clip model name, or a path to a model config .json.")
+ModelOpt = typer.Option(
+    "ViT-B-32", "--model", help="open_clip model name, or a path to a model config .json."
+)
 PretrainedOpt = typer.Option(
-    "openai", "--pretrained",
+    "openai",
+    "--pretrained",
     help="open_clip pretrained tag (fetched from a hub: online only), a local .pt/.safetensors "
     "checkpoint (loaded with weights_only), or 'none' for random weights.",
 )
 DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda")
-PrecisionOpt = typer.Option("auto", "--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 | fp16")
-BatchOpt = typer.Option(None, "--batch-size", help="Images per forward pass [default: 1024 on CUDA, 128 on CPU].")
-WorkersOpt = typer.Option(2, "--workers", help="Decoding processes (each reads whole shards). 0 = decode in the main process.")
-ImageKeyOpt = typer.Option(";".join(DEFAULT_IMAGE_KEYS), "--image-key", help="Image member extensions, first present wins (';'-separated).")
-TextKeyOpt = typer.Option("txt", "--text-key", help="Caption member extension, or json:<field> to read a field of the .json member.")
-UidOpt = typer.Option(None, "--uid-field", help="Field of the .json member to record as uid (e.g. DataComp's 'uid').")
+PrecisionOpt = typer.Option(
+    "auto", "--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 | fp16"
+)
+BatchOpt = typer.Option(
+    None, "--batch-size", help="Images per forward pass [default: 1024 on CUDA, 128 on CPU]."
+)
+WorkersOpt = typer.Option(
+    2,
+    "--workers",
+    help="Decoding processes (each reads whole shards). 0 = decode in the main process.",
+)
+ImageKeyOpt = typer.Option(
+    ";".join(DEFAULT_IMAGE_KEYS),
+    "--image-key",
+    help="Image member extensions, first present wins (';'-separated).",
+)
+TextKeyOpt = typer.Option(
+    "txt",
+    "--text-key",
+    help="Caption member extension, or json:<field> to read a field of the .json member.",
+)
+UidOpt = typer.Option(
+    None, "--uid-field", help="Field of the .json member to record as uid (e.g. DataComp's 'uid')."
+)
 OverwriteOpt = typer.Option(False, "--overwrite", help="Redo everything instead of resuming.")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr.")
 DebugOpt = typer.Option(False, "--debug", help="Show full tracebacks on internal errors.")
 
 
-def _spec(image_key: str, text_key: str, uid_field: str | None, label_key: str | None = None) -> SampleSpec:
+def _spec(
+    image_key: str, text_key: str, uid_field: str | None, label_key: str | None = None
+) -> SampleSpec:
     keys = tuple(k.strip().lower() for k in image_key.replace(",", ";").split(";") if k.strip())
     if not keys:
         raise ConfigError("--image-key needs at least one extension")
@@ -70,27 +93,43 @@ def _estimator(model, pretrained, device, precision):
 
 def _print_summary(summary) -> None:
     err = sys.stderr
-    print(f"rows: {summary.rows}  (parts written {summary.parts_written}, reused {summary.parts_skipped})", file=err)
+    print(
+        f"rows: {summary.rows}  (parts written {summary.parts_written}, reused {summary.parts_skipped})",
+        file=err,
+    )
     for status, n in summary.status_counts.items():
         print(f"  {status:16s} {n}", file=err)
     beta = summary.fit.get("beta", {})
     if beta:
-        print(f"beta: {beta['value']:.4f} ({beta['source']}, K={beta['k']}, se {beta['se']:.5f})", file=err)
+        print(
+            f"beta: {beta['value']:.4f} ({beta['source']}, K={beta['k']}, se {beta['se']:.5f})",
+            file=err,
+        )
     for stem, msg in summary.fatal_shards.items():
         print(f"unreadable shard {stem}: {msg}", file=err)
     print(f"parts: {summary.parts_dir}", file=err)
     if summary.merged:
-        print(f"sidecar: {summary.merged}{'' if summary.merged_written else ' (unchanged)'}", file=err)
+        print(
+            f"sidecar: {summary.merged}{'' if summary.merged_written else ' (unchanged)'}", file=err
+        )
 
 
-def _check_clipcleaner_options(prompt_aggregate, induced, folds, theta_cons, theta_gmm, estimators, selectors, combine):
+def _check_clipcleaner_options(
+    prompt_aggregate, induced, folds, theta_cons, theta_gmm, estimators, selectors, combine
+):
     from cleaner.scorers.clipcleaner import CLIPCleanerScorer
 
     try:
         CLIPCleanerScorer(
-            2, theta_cons=theta_cons, theta_gmm=theta_gmm, prompt_aggregate=prompt_aggregate, induced=induced,
-            n_folds=folds, estimators=[x.strip() for x in estimators.split(",") if x.strip()],
-            selectors=[x.strip() for x in selectors.split(",") if x.strip()], combine=combine,
+            2,
+            theta_cons=theta_cons,
+            theta_gmm=theta_gmm,
+            prompt_aggregate=prompt_aggregate,
+            induced=induced,
+            n_folds=folds,
+            estimators=[x.strip() for x in estimators.split(",") if x.strip()],
+            selectors=[x.strip() for x in selectors.split(",") if x.strip()],
+            combine=combine,
         )
     except ValueError as exc:
         raise ConfigError(f"CLIPCleaner option: {exc}") from None
@@ -98,10 +137,26 @@ def _check_clipcleaner_options(prompt_aggregate, induced, folds, theta_cons, the
 
 @app.command()
 def score(
-    shards: list[str] = typer.Argument(None, help="Shards: a directory, a glob, a brace pattern (data-{000000..000099}.tar) or paths."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder of per-shard parts, or a .parquet file (parts go to <name>.parts/ and are merged)."),
-    embeddings: Path = typer.Option(None, "--embeddings", help="Score precomputed embeddings (nclean embed or clip-retrieval layout) instead of shards."),
-    methods: str = typer.Option("osa,sdd,sps", "--methods", help="Comma-separated: osa, sdd, sps, clipcleaner (the last needs labelled shards and --classes)."),
+    shards: list[str] = typer.Argument(
+        None,
+        help="Shards: a directory, a glob, a brace pattern (data-{000000..000099}.tar) or paths.",
+    ),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="Output folder of per-shard parts, or a .parquet file (parts go to <name>.parts/ and are merged).",
+    ),
+    embeddings: Path = typer.Option(
+        None,
+        "--embeddings",
+        help="Score precomputed embeddings (nclean embed or clip-retrieval layout) instead of shards.",
+    ),
+    methods: str = typer.Option(
+        "osa,sdd,sps",
+        "--methods",
+        help="Comma-separated: osa, sdd, sps, clipcleaner (the last needs labelled shards and --classes).",
+    ),
     model: str = ModelOpt,
     pretrained: str = PretrainedOpt,
     device: str = DeviceOpt,
@@ -111,35 +166,119 @@ def score(
     image_key: str = ImageKeyOpt,
     text_key: str = TextKeyOpt,
     uid_field: str = UidOpt,
-    cache: Path = typer.Option(None, "--cache", help="Embedding cache folder [default: <out>/_nclean/embeddings]."),
-    beta_source: str = typer.Option("noise", "--beta-source", help="OSA beta from 'noise' (K noise images x K random token sequences; needs the model) or 'shuffled' (K real mismatched pairs)."),
-    beta_samples: int = typer.Option(None, "--beta-samples", help="K for the beta estimate [default: 64 for noise, 10000 for shuffled]."),
-    beta: float = typer.Option(None, "--beta", help="Set beta by hand (cosine units); skips estimation."),
-    seed: int = typer.Option(0, "--seed", help="Seed for every random choice (beta sampling, fit samples, batches)."),
-    sdd_alpha: float = typer.Option(20.0, "--sdd-alpha", help="SDD self-drop: keep a pair if 100*cosine > alpha."),
-    sdd_beta_c: float = typer.Option(30.0, "--sdd-beta-c", help="SDD clean set (memory-bank pool): 100*cosine > beta_c."),
-    sps_batch_size: int = typer.Option(128, "--sps-batch-size", help="SPS: rows per shuffled InfoNCE batch for the per-sample loss."),
-    sps_eps1: float = typer.Option(0.99, "--sps-eps1", help="SPS: reliable if clean probability > eps1 (paper 0.99; released code 0.6)."),
-    sps_eps2: float = typer.Option(0.5, "--sps-eps2", help="SPS: noisy if clean probability <= eps2."),
-    sps_proxy_label: str = typer.Option("code", "--sps-proxy-label", help="SPS proxy label: 'code' (match prob x image cosine, 0 below 0.5) or 'paper' (1/(gamma+exp(-b*S)))."),
+    cache: Path = typer.Option(
+        None, "--cache", help="Embedding cache folder [default: <out>/_nclean/embeddings]."
+    ),
+    beta_source: str = typer.Option(
+        "noise",
+        "--beta-source",
+        help="OSA beta from 'noise' (K noise images x K random token sequences; needs the model) or 'shuffled' (K real mismatched pairs).",
+    ),
+    beta_samples: int = typer.Option(
+        None,
+        "--beta-samples",
+        help="K for the beta estimate [default: 64 for noise, 10000 for shuffled].",
+    ),
+    beta: float = typer.Option(
+        None, "--beta", help="Set beta by hand (cosine units); skips estimation."
+    ),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed for every random choice (beta sampling, fit samples, batches)."
+    ),
+    sdd_alpha: float = typer.Option(
+        20.0, "--sdd-alpha", help="SDD self-drop: keep a pair if 100*cosine > alpha."
+    ),
+    sdd_beta_c: float = typer.Option(
+        30.0, "--sdd-beta-c", help="SDD clean set (memory-bank pool): 100*cosine > beta_c."
+    ),
+    sps_batch_size: int = typer.Option(
+        128,
+        "--sps-batch-size",
+        help="SPS: rows per shuffled InfoNCE batch for the per-sample loss.",
+    ),
+    sps_eps1: float = typer.Option(
+        0.99,
+        "--sps-eps1",
+        help="SPS: reliable if clean probability > eps1 (paper 0.99; released code 0.6).",
+    ),
+    sps_eps2: float = typer.Option(
+        0.5, "--sps-eps2", help="SPS: noisy if clean probability <= eps2."
+    ),
+    sps_proxy_label: str = typer.Option(
+        "code",
+        "--sps-proxy-label",
+        help="SPS proxy label: 'code' (match prob x image cosine, 0 below 0.5) or 'paper' (1/(gamma+exp(-b*S))).",
+    ),
     sps_gamma: float = typer.Option(1.0, "--sps-gamma", help="gamma of the paper's proxy label."),
     sps_b: float = typer.Option(5.0, "--sps-b", help="b of the paper's proxy label."),
-    fit_sample: int = typer.Option(1_000_000, "--fit-sample", help="Rows used for global fits (GMMs); a seeded uniform sample when there are more."),
-    exact_threshold: int = typer.Option(200_000, "--exact-threshold", help="Nearest neighbours: exact faiss search up to this many pool rows, IVF above (recall logged)."),
-    classes: Path = typer.Option(None, "--classes", help="CLIPCleaner: class names, one per line (line number = label id), or a JSON list."),
-    prompts: Path = typer.Option(None, "--prompts", help="CLIPCleaner: JSON mapping class name -> list of prompts [default: built-in CLIP templates]."),
-    label_key: str = typer.Option(None, "--label-key", help="CLIPCleaner: label member ('cls', an integer) or json:<field> [default: cls]."),
-    prompt_aggregate: str = typer.Option("sum", "--prompt-aggregate", help="CLIPCleaner: combine a class's prompts by 'sum' (released code) or 'mean'."),
-    induced: str = typer.Option("oof", "--induced", help="CLIPCleaner induced classifier: 'oof' (out-of-fold) or 'in-sample' (released code)."),
+    fit_sample: int = typer.Option(
+        1_000_000,
+        "--fit-sample",
+        help="Rows used for global fits (GMMs); a seeded uniform sample when there are more.",
+    ),
+    exact_threshold: int = typer.Option(
+        200_000,
+        "--exact-threshold",
+        help="Nearest neighbours: exact faiss search up to this many pool rows, IVF above (recall logged).",
+    ),
+    classes: Path = typer.Option(
+        None,
+        "--classes",
+        help="CLIPCleaner: class names, one per line (line number = label id), or a JSON list.",
+    ),
+    prompts: Path = typer.Option(
+        None,
+        "--prompts",
+        help="CLIPCleaner: JSON mapping class name -> list of prompts [default: built-in CLIP templates].",
+    ),
+    label_key: str = typer.Option(
+        None,
+        "--label-key",
+        help="CLIPCleaner: label member ('cls', an integer) or json:<field> [default: cls].",
+    ),
+    prompt_aggregate: str = typer.Option(
+        "sum",
+        "--prompt-aggregate",
+        help="CLIPCleaner: combine a class's prompts by 'sum' (released code) or 'mean'.",
+    ),
+    induced: str = typer.Option(
+        "oof",
+        "--induced",
+        help="CLIPCleaner induced classifier: 'oof' (out-of-fold) or 'in-sample' (released code).",
+    ),
     folds: int = typer.Option(5, "--folds", help="CLIPCleaner: folds for out-of-fold predictions."),
-    theta_cons: float = typer.Option(0.8, "--theta-cons", help="CLIPCleaner consistency threshold p(y|x)/max_k p(k|x)."),
-    theta_gmm: float = typer.Option(0.5, "--theta-gmm", help="CLIPCleaner per-class GMM clean-posterior threshold."),
-    cc_estimators: str = typer.Option("zs,ind", "--cc-estimators", help="CLIPCleaner estimators that vote: zs, ind."),
-    cc_selectors: str = typer.Option("consistency,gmm", "--cc-selectors", help="CLIPCleaner selectors: consistency, gmm."),
-    cc_combine: str = typer.Option("intersection", "--cc-combine", help="CLIPCleaner: 'intersection' (conservative) or 'union' of the verdicts."),
-    cc_fit_sample: int = typer.Option(200_000, "--cc-fit-sample", help="CLIPCleaner: labelled rows to fit on (stratified sample above)."),
-    engine: str = typer.Option("local", "--engine", help="local (this machine) or ray (one task per shard on a Ray cluster)."),
-    ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster address [default: $RAY_ADDRESS, else start a local Ray]."),
+    theta_cons: float = typer.Option(
+        0.8, "--theta-cons", help="CLIPCleaner consistency threshold p(y|x)/max_k p(k|x)."
+    ),
+    theta_gmm: float = typer.Option(
+        0.5, "--theta-gmm", help="CLIPCleaner per-class GMM clean-posterior threshold."
+    ),
+    cc_estimators: str = typer.Option(
+        "zs,ind", "--cc-estimators", help="CLIPCleaner estimators that vote: zs, ind."
+    ),
+    cc_selectors: str = typer.Option(
+        "consistency,gmm", "--cc-selectors", help="CLIPCleaner selectors: consistency, gmm."
+    ),
+    cc_combine: str = typer.Option(
+        "intersection",
+        "--cc-combine",
+        help="CLIPCleaner: 'intersection' (conservative) or 'union' of the verdicts.",
+    ),
+    cc_fit_sample: int = typer.Option(
+        200_000,
+        "--cc-fit-sample",
+        help="CLIPCleaner: labelled rows to fit on (stratified sample above).",
+    ),
+    engine: str = typer.Option(
+        "local",
+        "--engine",
+        help="local (this machine) or ray (one task per shard on a Ray cluster).",
+    ),
+    ray_address: str = typer.Option(
+        None,
+        "--ray-address",
+        help="Ray cluster address [default: $RAY_ADDRESS, else start a local Ray].",
+    ),
     overwrite: bool = OverwriteOpt,
     progress: bool = ProgressOpt,
     debug: bool = DebugOpt,
@@ -165,17 +304,33 @@ def score(
         estimator=_estimator(model, pretrained, device, precision),
         sample_spec=_spec(image_key, text_key, uid_field, label_key),
         settings=ScoreSettings(
-            methods=method_list, beta_source=beta_source, beta_samples=beta_samples, beta=beta, seed=seed,
+            methods=method_list,
+            beta_source=beta_source,
+            beta_samples=beta_samples,
+            beta=beta,
+            seed=seed,
             method=MethodSettings(
-                sdd_alpha=sdd_alpha, sdd_beta_c=sdd_beta_c, sps_batch_size=sps_batch_size, sps_eps1=sps_eps1,
-                sps_eps2=sps_eps2, sps_proxy_label=sps_proxy_label, sps_gamma=sps_gamma, sps_b=sps_b,
-                fit_sample=fit_sample, exact_threshold=exact_threshold,
-                cc_classes=str(classes) if classes else None, cc_prompts=str(prompts) if prompts else None,
-                cc_prompt_aggregate=prompt_aggregate, cc_induced=induced, cc_folds=folds,
-                cc_theta_cons=theta_cons, cc_theta_gmm=theta_gmm,
+                sdd_alpha=sdd_alpha,
+                sdd_beta_c=sdd_beta_c,
+                sps_batch_size=sps_batch_size,
+                sps_eps1=sps_eps1,
+                sps_eps2=sps_eps2,
+                sps_proxy_label=sps_proxy_label,
+                sps_gamma=sps_gamma,
+                sps_b=sps_b,
+                fit_sample=fit_sample,
+                exact_threshold=exact_threshold,
+                cc_classes=str(classes) if classes else None,
+                cc_prompts=str(prompts) if prompts else None,
+                cc_prompt_aggregate=prompt_aggregate,
+                cc_induced=induced,
+                cc_folds=folds,
+                cc_theta_cons=theta_cons,
+                cc_theta_gmm=theta_gmm,
                 cc_estimators=tuple(x.strip() for x in cc_estimators.split(",") if x.strip()),
                 cc_selectors=tuple(x.strip() for x in cc_selectors.split(",") if x.strip()),
-                cc_combine=cc_combine, cc_fit_sample=cc_fit_sample,
+                cc_combine=cc_combine,
+                cc_fit_sample=cc_fit_sample,
             ),
         ),
         batch_size=batch_size,
@@ -187,7 +342,16 @@ def score(
         argv=sys.argv[1:],
     )
     if "clipcleaner" in method_list:
-        _check_clipcleaner_options(prompt_aggregate, induced, folds, theta_cons, theta_gmm, cc_estimators, cc_selectors, cc_combine)
+        _check_clipcleaner_options(
+            prompt_aggregate,
+            induced,
+            folds,
+            theta_cons,
+            theta_gmm,
+            cc_estimators,
+            cc_selectors,
+            cc_combine,
+        )
     elif classes or prompts or label_key:
         raise ConfigError("--classes/--prompts/--label-key apply to --methods clipcleaner")
     if sps_proxy_label not in ("code", "paper"):
@@ -206,8 +370,15 @@ def score(
 
 @app.command()
 def embed(
-    shards: list[str] = typer.Argument(..., help="Shards: a directory, a glob, a brace pattern or paths."),
-    out: Path = typer.Option(..., "--out", "-o", help="Embedding folder (img_emb/, text_emb/, metadata/ as clip-retrieval writes them)."),
+    shards: list[str] = typer.Argument(
+        ..., help="Shards: a directory, a glob, a brace pattern or paths."
+    ),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="Embedding folder (img_emb/, text_emb/, metadata/ as clip-retrieval writes them).",
+    ),
     model: str = ModelOpt,
     pretrained: str = PretrainedOpt,
     device: str = DeviceOpt,
@@ -217,8 +388,12 @@ def embed(
     image_key: str = ImageKeyOpt,
     text_key: str = TextKeyOpt,
     uid_field: str = UidOpt,
-    engine: str = typer.Option("local", "--engine", help="local, or ray (an actor pool, one shard per call)."),
-    ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster address [default: $RAY_ADDRESS, else a local Ray]."),
+    engine: str = typer.Option(
+        "local", "--engine", help="local, or ray (an actor pool, one shard per call)."
+    ),
+    ray_address: str = typer.Option(
+        None, "--ray-address", help="Ray cluster address [default: $RAY_ADDRESS, else a local Ray]."
+    ),
     overwrite: bool = OverwriteOpt,
     progress: bool = ProgressOpt,
     debug: bool = DebugOpt,
@@ -236,9 +411,16 @@ def embed(
     paths = expand_shards(shards)
     out.mkdir(parents=True, exist_ok=True)
     report = run_embed(
-        paths, EmbeddingCache(out), _estimator(model, pretrained, device, precision),
-        _spec(image_key, text_key, uid_field), batch_size, workers, overwrite=overwrite, progress=progress,
-        engine=engine, ray_address=ray_address,
+        paths,
+        EmbeddingCache(out),
+        _estimator(model, pretrained, device, precision),
+        _spec(image_key, text_key, uid_field),
+        batch_size,
+        workers,
+        overwrite=overwrite,
+        progress=progress,
+        engine=engine,
+        ray_address=ray_address,
     )
     print(
         f"embedded {len(report.embedded)} shards ({report.samples} samples), reused {len(report.skipped)}; folder: {out}",
@@ -252,7 +434,9 @@ def embed(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Folder for the generated shards, model and sidecar."),
+    out: Path = typer.Option(
+        Path("demo_out"), "--out", "-o", help="Folder for the generated shards, model and sidecar."
+    ),
     samples: int = typer.Option(400, "--samples", help="Samples to generate."),
     noise: float = typer.Option(0.4, "--noise", help="Fraction of captions shuffled."),
     progress: bool = ProgressOpt,
@@ -268,36 +452,80 @@ def demo(
 
 @app.command()
 def train(
-    shards: list[str] = typer.Argument(..., help="Training shards (directory, glob, brace pattern or paths)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints (epoch_NNN.pt, last.pt) and metrics.json."),
-    sidecar: Path = typer.Option(None, "--sidecar", "--weights", help="Sidecar from nclean score for these shards."),
-    method: str = typer.Option("none", "--method", help="pairs: none | filter | osa | sdd | sps; classify: none | mixfix | filter."),
-    task: str = typer.Option("pairs", "--task", help="pairs (fine-tune the dual encoder) or classify (linear head on the frozen image tower)."),
-    where: str = typer.Option(None, "--where", help="Row filter for --method filter, e.g. \"sdd_keep and osa_weight > 0\"."),
-    eval_shards: list[str] = typer.Option(None, "--eval", help="Clean held-out shards: R@1/5/10 both ways and rSum (pairs) or accuracy (classify) per epoch."),
-    model: str = typer.Option("nclean-tiny", "--model", help="open_clip model name or config .json of the model to train."),
-    pretrained: str = typer.Option(None, "--pretrained", help="Initial weights: a local checkpoint or open_clip tag; none = random init."),
+    shards: list[str] = typer.Argument(
+        ..., help="Training shards (directory, glob, brace pattern or paths)."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Run folder: checkpoints (epoch_NNN.pt, last.pt) and metrics.json."
+    ),
+    sidecar: Path = typer.Option(
+        None, "--sidecar", "--weights", help="Sidecar from nclean score for these shards."
+    ),
+    method: str = typer.Option(
+        "none",
+        "--method",
+        help="pairs: none | filter | osa | sdd | sps; classify: none | mixfix | filter.",
+    ),
+    task: str = typer.Option(
+        "pairs",
+        "--task",
+        help="pairs (fine-tune the dual encoder) or classify (linear head on the frozen image tower).",
+    ),
+    where: str = typer.Option(
+        None, "--where", help='Row filter for --method filter, e.g. "sdd_keep and osa_weight > 0".'
+    ),
+    eval_shards: list[str] = typer.Option(
+        None,
+        "--eval",
+        help="Clean held-out shards: R@1/5/10 both ways and rSum (pairs) or accuracy (classify) per epoch.",
+    ),
+    model: str = typer.Option(
+        "nclean-tiny", "--model", help="open_clip model name or config .json of the model to train."
+    ),
+    pretrained: str = typer.Option(
+        None,
+        "--pretrained",
+        help="Initial weights: a local checkpoint or open_clip tag; none = random init.",
+    ),
     device: str = DeviceOpt,
     epochs: int = typer.Option(1, "--epochs"),
     batch_size: int = typer.Option(64, "--batch-size"),
     lr: float = typer.Option(1e-4, "--lr"),
     weight_decay: float = typer.Option(0.2, "--weight-decay"),
     warmup_steps: int = typer.Option(0, "--warmup-steps"),
-    max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many steps (smoke runs)."),
+    max_steps: int = typer.Option(
+        None, "--max-steps", help="Stop after this many steps (smoke runs)."
+    ),
     seed: int = typer.Option(0, "--seed"),
-    workers: int = typer.Option(0, "--workers", help="Decoding processes while loading the shards."),
-    osa_form: str = typer.Option("paper", "--osa-form", help="OSA weight: paper (osa_weight), paper-norm (osa_weight_norm) or code (the released per-batch form from cosine and beta)."),
+    workers: int = typer.Option(
+        0, "--workers", help="Decoding processes while loading the shards."
+    ),
+    osa_form: str = typer.Option(
+        "paper",
+        "--osa-form",
+        help="OSA weight: paper (osa_weight), paper-norm (osa_weight_norm) or code (the released per-batch form from cosine and beta).",
+    ),
     sps_lambda1: float = typer.Option(25.0, "--sps-lambda1", help="SPS weight of L_cro."),
     sps_lambda2: float = typer.Option(25.0, "--sps-lambda2", help="SPS weight of L_met."),
-    sps_qc_from_epoch: int = typer.Option(0, "--sps-qc-from-epoch", help="First epoch using quasi-clean pairs (released code: 10)."),
-    sps_noisy_from_epoch: int = typer.Option(0, "--sps-noisy-from-epoch", help="First epoch using noisy pairs with proxies (released code: 15)."),
+    sps_qc_from_epoch: int = typer.Option(
+        0, "--sps-qc-from-epoch", help="First epoch using quasi-clean pairs (released code: 10)."
+    ),
+    sps_noisy_from_epoch: int = typer.Option(
+        0,
+        "--sps-noisy-from-epoch",
+        help="First epoch using noisy pairs with proxies (released code: 15).",
+    ),
     classes: Path = typer.Option(None, "--classes", help="classify: class names file."),
     theta_r: float = typer.Option(0.8, "--theta-r", help="MixFix absorb threshold."),
-    theta_r2: float = typer.Option(0.9, "--theta-r2", help="MixFix relabel threshold (>= theta_r)."),
+    theta_r2: float = typer.Option(
+        0.9, "--theta-r2", help="MixFix relabel threshold (>= theta_r)."
+    ),
     mixup_alpha: float = typer.Option(1.0, "--mixup-alpha"),
     image_key: str = ImageKeyOpt,
     text_key: str = TextKeyOpt,
-    label_key: str = typer.Option("cls", "--label-key", help="classify: label member or json:<field>."),
+    label_key: str = typer.Option(
+        "cls", "--label-key", help="classify: label member or json:<field>."
+    ),
     progress: bool = ProgressOpt,
     debug: bool = DebugOpt,
 ):
@@ -311,19 +539,49 @@ def train(
     from .train import train as run_train
 
     cfg = TrainConfig(
-        shards=list(shards), out=str(out), sidecar=str(sidecar) if sidecar else None, method=method, task=task,
-        where=where, eval_shards=list(eval_shards) if eval_shards else None, model=model, pretrained=pretrained,
-        device=device, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-        warmup_steps=warmup_steps, max_steps=max_steps, seed=seed, workers=workers, osa_form=osa_form,
-        sps_lambda1=sps_lambda1, sps_lambda2=sps_lambda2, sps_qc_from_epoch=sps_qc_from_epoch,
-        sps_noisy_from_epoch=sps_noisy_from_epoch, classes=str(classes) if classes else None,
-        theta_r=theta_r, theta_r2=theta_r2, mixup_alpha=mixup_alpha, image_key=image_key, text_key=text_key,
-        label_key=label_key, progress=progress,
+        shards=list(shards),
+        out=str(out),
+        sidecar=str(sidecar) if sidecar else None,
+        method=method,
+        task=task,
+        where=where,
+        eval_shards=list(eval_shards) if eval_shards else None,
+        model=model,
+        pretrained=pretrained,
+        device=device,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_steps=warmup_steps,
+        max_steps=max_steps,
+        seed=seed,
+        workers=workers,
+        osa_form=osa_form,
+        sps_lambda1=sps_lambda1,
+        sps_lambda2=sps_lambda2,
+        sps_qc_from_epoch=sps_qc_from_epoch,
+        sps_noisy_from_epoch=sps_noisy_from_epoch,
+        classes=str(classes) if classes else None,
+        theta_r=theta_r,
+        theta_r2=theta_r2,
+        mixup_alpha=mixup_alpha,
+        image_key=image_key,
+        text_key=text_key,
+        label_key=label_key,
+        progress=progress,
     )
     history = run_train(cfg)
     last = history[-1] if history else {}
-    shown = {k: v for k, v in last.items() if k in ("train_loss", "rsum", "i2t_R@1", "t2i_R@1", "accuracy")}
-    print(f"trained {len(history)} epoch(s); last: {json.dumps(shown)}; run folder: {out}", file=sys.stderr)
+    shown = {
+        k: v
+        for k, v in last.items()
+        if k in ("train_loss", "rsum", "i2t_R@1", "t2i_R@1", "accuracy")
+    }
+    print(
+        f"trained {len(history)} epoch(s); last: {json.dumps(shown)}; run folder: {out}",
+        file=sys.stderr,
+    )
 
 
 def _register_commands() -> None:
@@ -363,7 +621,10 @@ def main() -> None:
         if _DEBUG["on"]:
             raise
         first = str(exc).splitlines()[0] if str(exc) else ""
-        print(f"nclean: internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"nclean: internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
         sys.exit(1)
 
 

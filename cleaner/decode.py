@@ -134,7 +134,11 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: 
             img = Image.open(io.BytesIO(data))
             width, height = img.size  # header only; nothing decoded yet
             if width * height > max_pixels:
-                return None, "image_too_large", f"{width}x{height} pixels exceeds the limit of {max_pixels}"
+                return (
+                    None,
+                    "image_too_large",
+                    f"{width}x{height} pixels exceeds the limit of {max_pixels}",
+                )
             if draft_size and img.format == "JPEG":
                 img.draft("RGB", (draft_size, draft_size))
             img.load()
@@ -181,7 +185,9 @@ def read_uid(members: dict, uid_field: str | None) -> str | None:
     return None if value is None else str(value)
 
 
-def read_label(members: dict, label_key: str, n_classes: int | None) -> tuple[int | None, str | None]:
+def read_label(
+    members: dict, label_key: str, n_classes: int | None
+) -> tuple[int | None, str | None]:
     """Return (label, error); error is set when the label is missing or bad."""
     ext, field = parse_text_key(label_key)
     raw = members.get(ext)
@@ -229,7 +235,9 @@ def _limit_aspect(img: Image.Image) -> Image.Image:
     return img
 
 
-def prepare_sample(raw: RawSample, spec: SampleSpec, image_transform=None, tokenizer=None, draft_size=None) -> Prepared:
+def prepare_sample(
+    raw: RawSample, spec: SampleSpec, image_transform=None, tokenizer=None, draft_size=None
+) -> Prepared:
     """Decode one raw sample. ``image_transform`` maps a PIL RGB image to a
     PIL image of the model's input size (resize + crop, no tensor
     conversion); ``tokenizer`` maps a list of strings to a token tensor."""
@@ -245,7 +253,10 @@ def prepare_sample(raw: RawSample, spec: SampleSpec, image_transform=None, token
             return out
     ext = next((k for k in spec.image_keys if k in raw.members), None)
     if ext is None:
-        out.status, out.error = "missing_image", f"no image member among {','.join(spec.image_keys)}"
+        out.status, out.error = (
+            "missing_image",
+            f"no image member among {','.join(spec.image_keys)}",
+        )
         return out
     data = raw.members[ext]
     if data is None:  # checked before the caption: a tar cut inside the image never
@@ -269,5 +280,9 @@ def prepare_sample(raw: RawSample, spec: SampleSpec, image_transform=None, token
         if tokenizer is not None:
             out.tokens = tokenizer([caption])[0].numpy()
     except Exception as exc:  # a transform failing on one odd image must not end the job
-        out.status, out.error, out.image = "decode_error", f"preprocess failed: {type(exc).__name__}: {exc}"[:200], None
+        out.status, out.error, out.image = (
+            "decode_error",
+            f"preprocess failed: {type(exc).__name__}: {exc}"[:200],
+            None,
+        )
     return out

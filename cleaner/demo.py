@@ -23,7 +23,9 @@ from .estimator import save_random_checkpoint
 TINY_MODEL = "nclean-tiny"
 
 
-def make_demo_shards(out: Path, samples: int, noise: float, seed: int = 0, shard_size: int = 100) -> list[str]:
+def make_demo_shards(
+    out: Path, samples: int, noise: float, seed: int = 0, shard_size: int = 100
+) -> list[str]:
     data = shapes.generate(samples, seed=seed)
     data, _ = shapes.add_caption_noise(data, noise, seed=seed)
     return shapes.write_shards(data, out, shard_size=shard_size, plant_corrupt=True)

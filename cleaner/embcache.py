@@ -91,7 +91,9 @@ class EmbeddingCache:
         return self.root / "metadata" / f"metadata_{stem}.parquet"
 
     # -- writing ------------------------------------------------------------
-    def write(self, stem: str, meta: pa.Table, image: np.ndarray, text: np.ndarray, info: dict) -> None:
+    def write(
+        self, stem: str, meta: pa.Table, image: np.ndarray, text: np.ndarray, info: dict
+    ) -> None:
         if not (len(meta) == len(image) == len(text)):
             raise ValueError("metadata and embeddings must have the same number of rows")
         for sub in ("img_emb", "text_emb", "metadata"):
@@ -140,7 +142,9 @@ class EmbeddingCache:
 
     def open_vectors(self, stem: str) -> tuple[np.ndarray, np.ndarray]:
         """Memory-mapped (image, text) arrays, for sampling rows cheaply."""
-        return np.load(self.img_path(stem), mmap_mode="r"), np.load(self.text_path(stem), mmap_mode="r")
+        return np.load(self.img_path(stem), mmap_mode="r"), np.load(
+            self.text_path(stem), mmap_mode="r"
+        )
 
     def load(self, stem: str) -> ShardEmbeddings:
         """Load one partition, validating it; bad vectors become status rows."""
@@ -150,7 +154,9 @@ class EmbeddingCache:
             image = np.load(self.img_path(stem)).astype(np.float32)
             text = np.load(self.text_path(stem)).astype(np.float32)
         except FileNotFoundError as exc:
-            raise InputError(f"embedding partition {stem} is incomplete: {exc.filename} is missing") from None
+            raise InputError(
+                f"embedding partition {stem} is incomplete: {exc.filename} is missing"
+            ) from None
         except (OSError, ValueError, pa.ArrowException) as exc:
             raise InputError(f"embedding partition {stem} is unreadable: {exc}") from None
         n = len(raw)
@@ -160,7 +166,9 @@ class EmbeddingCache:
                 f"img_emb {image.shape[0] if image.ndim else '?'}, text_emb {text.shape[0] if text.ndim else '?'})"
             )
         if image.shape[1] != text.shape[1]:
-            raise InputError(f"embedding partition {stem}: image dim {image.shape[1]} != text dim {text.shape[1]}")
+            raise InputError(
+                f"embedding partition {stem}: image dim {image.shape[1]} != text dim {text.shape[1]}"
+            )
         meta = _standard_meta(raw, stem)
         meta, image, text = _flag_bad_vectors(meta, image, text)
         return ShardEmbeddings(stem=stem, meta=meta, image=image, text=text)
@@ -206,8 +214,12 @@ def _flag_bad_vectors(meta: pa.Table, image: np.ndarray, text: np.ndarray):
         error = np.asarray(meta.column("error").to_pylist(), dtype=object)
         error[bad & ~finite] = "embedding has NaN or infinite values"
         error[bad & finite] = "embedding is a zero vector"
-        meta = meta.set_column(meta.schema.get_field_index("status"), "status", pa.array(status.tolist(), pa.string()))
-        meta = meta.set_column(meta.schema.get_field_index("error"), "error", pa.array(error.tolist(), pa.string()))
+        meta = meta.set_column(
+            meta.schema.get_field_index("status"), "status", pa.array(status.tolist(), pa.string())
+        )
+        meta = meta.set_column(
+            meta.schema.get_field_index("error"), "error", pa.array(error.tolist(), pa.string())
+        )
     image = np.where(bad[:, None] | ~np.isfinite(image), 0.0, image).astype(np.float32)
     text = np.where(bad[:, None] | ~np.isfinite(text), 0.0, text).astype(np.float32)
     # clip-retrieval stores normalised vectors; renormalise anyway (fp16 rounding, other tools)
@@ -222,5 +234,7 @@ def validate_dir(root: str | Path) -> EmbeddingCache:
     if not Path(root).is_dir():
         raise InputError(f"embeddings directory not found: {root}")
     if not cache.stems():
-        raise InputError(f"{root} holds no metadata/metadata_*.parquet: not an nclean or clip-retrieval embedding folder")
+        raise InputError(
+            f"{root} holds no metadata/metadata_*.parquet: not an nclean or clip-retrieval embedding folder"
+        )
     return cache

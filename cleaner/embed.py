@@ -65,7 +65,15 @@ class ShardBatchDataset(IterableDataset):
     """Yields :class:`PreparedBatch` objects; each worker takes every
     ``num_workers``-th shard, so shards are never split between workers."""
 
-    def __init__(self, shards: list[Path], spec: SampleSpec, pil_transform, tokenizer, batch_size: int, draft_size: int | None):
+    def __init__(
+        self,
+        shards: list[Path],
+        spec: SampleSpec,
+        pil_transform,
+        tokenizer,
+        batch_size: int,
+        draft_size: int | None,
+    ):
         self.shards = list(shards)
         self.spec = spec
         self.pil_transform = pil_transform
@@ -82,7 +90,11 @@ class ShardBatchDataset(IterableDataset):
             rows: list[Prepared] = []
             try:
                 for raw in read_shard(self.shards[pos], wanted, report):
-                    rows.append(prepare_sample(raw, self.spec, self.pil_transform, self.tokenizer, self.draft_size))
+                    rows.append(
+                        prepare_sample(
+                            raw, self.spec, self.pil_transform, self.tokenizer, self.draft_size
+                        )
+                    )
                     if len(rows) == self.batch_size:
                         yield _pack(pos, rows, last=False)
                         rows = []
@@ -97,10 +109,16 @@ def _worker_init(_):
     torch.set_num_threads(1)
 
 
-def iter_prepared(shards, spec, estimator: Estimator, batch_size: int, workers: int, draft: bool = True):
+def iter_prepared(
+    shards, spec, estimator: Estimator, batch_size: int, workers: int, draft: bool = True
+):
     """The decode half alone (also what the decode-only benchmark measures)."""
     dataset = ShardBatchDataset(
-        shards, spec, estimator.pil_transform, estimator.tokenizer, batch_size,
+        shards,
+        spec,
+        estimator.pil_transform,
+        estimator.tokenizer,
+        batch_size,
         draft_size=estimator.image_size if draft else None,
     )
     loader = DataLoader(
@@ -177,8 +195,12 @@ def embed_shards(
                     path,
                     shard_stem(path),
                     meta,
-                    np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, dim), np.float16),
-                    np.concatenate([p[2] for p in parts]) if parts else np.zeros((0, dim), np.float16),
+                    np.concatenate([p[1] for p in parts])
+                    if parts
+                    else np.zeros((0, dim), np.float16),
+                    np.concatenate([p[2] for p in parts])
+                    if parts
+                    else np.zeros((0, dim), np.float16),
                     warnings=batch.warnings,
                 )
             )

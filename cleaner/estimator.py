@@ -45,8 +45,8 @@ def resolve_model_name(model: str) -> str:
         return path.stem
     if model not in open_clip.list_models():
         raise ConfigError(
-            f"unknown model {model!r}; use an open_clip model name (see `python -c \"import open_clip; "
-            f"print(open_clip.list_models())\"`) or a path to a model config .json"
+            f'unknown model {model!r}; use an open_clip model name (see `python -c "import open_clip; '
+            f'print(open_clip.list_models())"`) or a path to a model config .json'
         )
     return model
 
@@ -161,7 +161,9 @@ def _split_preprocess(preprocess):
     return T.Compose(pil_steps), mean, std
 
 
-def load_estimator(model: str, pretrained: str | None, device: str = "auto", precision: str = "auto") -> Estimator:
+def load_estimator(
+    model: str, pretrained: str | None, device: str = "auto", precision: str = "auto"
+) -> Estimator:
     """Create the open_clip model, load weights, freeze it.
 
     Raises ConfigError with a one-line reason for an unknown model, a missing
@@ -195,7 +197,9 @@ def load_estimator(model: str, pretrained: str | None, device: str = "auto", pre
                 f"checkpoint {pretrained} does not fit model {name} (another architecture?): "
                 f"{msg.splitlines()[0][:160]}{' ...' if missing else ''}"
             ) from None
-        raise ConfigError(f"could not create model {name} with pretrained={pretrained}: {msg.splitlines()[0][:200]}") from None
+        raise ConfigError(
+            f"could not create model {name} with pretrained={pretrained}: {msg.splitlines()[0][:200]}"
+        ) from None
     except Exception as exc:  # hub fetch offline, unknown tag, unreadable file
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         if digest is not None:
@@ -203,19 +207,33 @@ def load_estimator(model: str, pretrained: str | None, device: str = "auto", pre
                 f"checkpoint {pretrained} does not fit model {name} (another architecture?): "
                 f"{type(exc).__name__}: {first}"
             ) from None
-        hint = " (weights are fetched from a hub; offline, pass a local checkpoint path)" if pretrained_arg and not Path(pretrained_arg).is_file() else ""
-        raise ConfigError(f"could not load pretrained={pretrained} for {name}: {type(exc).__name__}: {first}{hint}") from None
+        hint = (
+            " (weights are fetched from a hub; offline, pass a local checkpoint path)"
+            if pretrained_arg and not Path(pretrained_arg).is_file()
+            else ""
+        )
+        raise ConfigError(
+            f"could not load pretrained={pretrained} for {name}: {type(exc).__name__}: {first}{hint}"
+        ) from None
     try:
         tokenizer = open_clip.get_tokenizer(name)
     except Exception as exc:
-        raise ConfigError(f"could not load the tokenizer of {name} (hub tokenizers need a network): {exc}") from None
+        raise ConfigError(
+            f"could not load the tokenizer of {name} (hub tokenizers need a network): {exc}"
+        ) from None
     net = net.to(device).eval().requires_grad_(False)
     pil_transform, mean, std = _split_preprocess(preprocess)
     image_size = net.visual.image_size
     image_size = int(image_size[0] if isinstance(image_size, (tuple, list)) else image_size)
-    context_length = int(getattr(net, "context_length", None) or getattr(tokenizer, "context_length", 77))
+    context_length = int(
+        getattr(net, "context_length", None) or getattr(tokenizer, "context_length", 77)
+    )
     with torch.inference_mode():
-        embed_dim = int(net.encode_text(torch.zeros(1, context_length, dtype=torch.long, device=device)).shape[-1])
+        embed_dim = int(
+            net.encode_text(torch.zeros(1, context_length, dtype=torch.long, device=device)).shape[
+                -1
+            ]
+        )
     return Estimator(
         embed_dim=embed_dim,
         model=net,

@@ -64,7 +64,12 @@ METHOD_FIELDS: dict[str, list[pa.Field]] = {
 }
 
 # Value a non-nullable column takes on rows that could not be scored.
-FILL_FOR_FAILED = {"osa_weight": 0.0, "osa_weight_norm": 0.0, "sdd_keep": False, "cc_selected": False}
+FILL_FOR_FAILED = {
+    "osa_weight": 0.0,
+    "osa_weight_norm": 0.0,
+    "sdd_keep": False,
+    "cc_selected": False,
+}
 
 ALL_METHODS = tuple(METHOD_FIELDS)
 DEFAULT_METHODS = ("osa", "sdd", "sps")
@@ -75,7 +80,9 @@ def parse_methods(text: str | list[str]) -> list[str]:
     methods = [m.strip().lower() for m in items if m.strip()]
     unknown = [m for m in methods if m not in METHOD_FIELDS]
     if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(ALL_METHODS)}")
+        raise ValueError(
+            f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(ALL_METHODS)}"
+        )
     if not methods:
         raise ValueError("no method given")
     # canonical order, so the schema does not depend on how the list was typed
@@ -88,7 +95,9 @@ def schema_for(methods: list[str], metadata: dict | None = None) -> pa.Schema:
         fields.extend(METHOD_FIELDS[m])
     schema = pa.schema(fields)
     if metadata is not None:
-        schema = schema.with_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True, default=str).encode()})
+        schema = schema.with_metadata(
+            {METADATA_KEY: json.dumps(metadata, sort_keys=True, default=str).encode()}
+        )
     return schema
 
 
@@ -112,12 +121,16 @@ def validate(schema: pa.Schema) -> dict:
     meta = read_metadata(schema)
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise SchemaError(f"sidecar schema version {version!r} is not supported (this nclean reads {SCHEMA_VERSION})")
+        raise SchemaError(
+            f"sidecar schema version {version!r} is not supported (this nclean reads {SCHEMA_VERSION})"
+        )
     expected = schema_for(meta.get("methods", []))
     for f in expected:
         idx = schema.get_field_index(f.name)
         if idx < 0:
             raise SchemaError(f"sidecar lacks column {f.name!r}")
         if not schema.field(idx).type.equals(f.type):
-            raise SchemaError(f"column {f.name!r} has type {schema.field(idx).type}, expected {f.type}")
+            raise SchemaError(
+                f"column {f.name!r} has type {schema.field(idx).type}, expected {f.type}"
+            )
     return meta

@@ -245,7 +245,9 @@ def _load(fh, infos: list[tarfile.TarInfo], size: int, wanted: set[str] | None) 
     return members
 
 
-def _read_streaming(path: Path, wanted: set[str] | None, report: ShardReport) -> Iterator[RawSample]:
+def _read_streaming(
+    path: Path, wanted: set[str] | None, report: ShardReport
+) -> Iterator[RawSample]:
     # Compressed tars cannot be read by offset; group consecutive members as
     # webdataset does, and flag a key that comes back later.
     try:

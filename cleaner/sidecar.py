@@ -19,7 +19,13 @@ import pyarrow.parquet as pq
 from . import schema as S
 
 
-def build_part(meta: pa.Table, ok: np.ndarray, columns: dict[str, np.ndarray], methods: list[str], metadata: dict) -> pa.Table:
+def build_part(
+    meta: pa.Table,
+    ok: np.ndarray,
+    columns: dict[str, np.ndarray],
+    methods: list[str],
+    metadata: dict,
+) -> pa.Table:
     """Assemble one shard's sidecar table.
 
     ``meta`` has the base columns for every row; ``columns`` holds each
@@ -27,7 +33,6 @@ def build_part(meta: pa.Table, ok: np.ndarray, columns: dict[str, np.ndarray], m
     that are not ok get nulls, or the fill value of a non-nullable column.
     """
     schema = S.schema_for(methods, metadata)
-    n = len(meta)
     ok = np.asarray(ok, dtype=bool)
     arrays = []
     for field in schema:
@@ -39,7 +44,9 @@ def build_part(meta: pa.Table, ok: np.ndarray, columns: dict[str, np.ndarray], m
             raise KeyError(f"scorer output lacks column {field.name}")
         if len(values) != ok.sum():
             raise ValueError(f"column {field.name}: {len(values)} values for {ok.sum()} ok rows")
-        arrays.append(_full_column(field, np.asarray(values), ok, S.FILL_FOR_FAILED.get(field.name)))
+        arrays.append(
+            _full_column(field, np.asarray(values), ok, S.FILL_FOR_FAILED.get(field.name))
+        )
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
@@ -105,7 +112,9 @@ def merge_parts(parts: Iterable[str | Path], out: str | Path, metadata: dict) ->
         for p in parts:
             table = pq.read_table(p)
             if schema is None:
-                schema = table.schema.with_metadata({S.METADATA_KEY: json.dumps(metadata, sort_keys=True, default=str).encode()})
+                schema = table.schema.with_metadata(
+                    {S.METADATA_KEY: json.dumps(metadata, sort_keys=True, default=str).encode()}
+                )
                 writer = pq.ParquetWriter(tmp, schema, compression="zstd")
             writer.write_table(table.replace_schema_metadata(schema.metadata))
             rows += len(table)

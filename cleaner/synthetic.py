@@ -19,9 +19,17 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def make_pair_mixture(n: int, dim: int = 512, noise_fraction: float = 0.3, n_clusters: int = 64,
-                      spread: float = 0.7, modality_noise: float = 2.3, cone: float = 0.8,
-                      seed: int = 0, dtype=np.float32):
+def make_pair_mixture(
+    n: int,
+    dim: int = 512,
+    noise_fraction: float = 0.3,
+    n_clusters: int = 64,
+    spread: float = 0.7,
+    modality_noise: float = 2.3,
+    cone: float = 0.8,
+    seed: int = 0,
+    dtype=np.float32,
+):
     """Return (image, text, is_noisy): unit rows, float32 by default.
 
     Each pair shares a point ``centre + spread * N(0, I/dim)``; image and
@@ -56,8 +64,9 @@ def make_pair_mixture(n: int, dim: int = 512, noise_fraction: float = 0.3, n_clu
     return image, text, is_noisy
 
 
-def write_embedding_dir(root: str | Path, image: np.ndarray, text: np.ndarray, shard_size: int,
-                        key_prefix: str = "s") -> list[str]:
+def write_embedding_dir(
+    root: str | Path, image: np.ndarray, text: np.ndarray, shard_size: int, key_prefix: str = "s"
+) -> list[str]:
     """Write rows as nclean-style cache partitions ``00000``, ``00001``, ..."""
     from .embcache import EmbeddingCache
 
@@ -67,14 +76,16 @@ def write_embedding_dir(root: str | Path, image: np.ndarray, text: np.ndarray, s
         e = min(len(image), s + shard_size)
         stem = f"{i:05d}"
         n = e - s
-        meta = pa.table({
-            "key": [f"{key_prefix}{j:09d}" for j in range(s, e)],
-            "shard": [f"{stem}.tar"] * n,
-            "index": np.arange(n, dtype=np.int64),
-            "uid": pa.array([None] * n, pa.string()),
-            "status": ["ok"] * n,
-            "error": pa.array([None] * n, pa.string()),
-        })
+        meta = pa.table(
+            {
+                "key": [f"{key_prefix}{j:09d}" for j in range(s, e)],
+                "shard": [f"{stem}.tar"] * n,
+                "index": np.arange(n, dtype=np.int64),
+                "uid": pa.array([None] * n, pa.string()),
+                "status": ["ok"] * n,
+                "error": pa.array([None] * n, pa.string()),
+            }
+        )
         cache.write(stem, meta, image[s:e], text[s:e], info={"synthetic": True})
         stems.append(stem)
     return stems

@@ -101,7 +101,9 @@ class Split:
         return len(self.keys)
 
 
-def load_split(shard_specs: list[str], est, spec: SampleSpec, workers: int, batch_size: int = 256) -> Split:
+def load_split(
+    shard_specs: list[str], est, spec: SampleSpec, workers: int, batch_size: int = 256
+) -> Split:
     """Decode every scorable sample of the shards (bad ones are counted, not
     kept: a trainer cannot use them). Uses the embedding stage's decoder."""
     paths = expand_shards(shard_specs)
@@ -124,8 +126,12 @@ def load_split(shard_specs: list[str], est, spec: SampleSpec, workers: int, batc
     if not keys:
         raise InputError(f"no usable sample in {', '.join(shard_specs)}")
     return Split(
-        shards=np.array(shards, dtype=object), keys=np.array(keys, dtype=object),
-        images=torch.cat(imgs), tokens=torch.cat(toks), labels=np.array(labels, dtype=np.int64), skipped=skipped,
+        shards=np.array(shards, dtype=object),
+        keys=np.array(keys, dtype=object),
+        images=torch.cat(imgs),
+        tokens=torch.cat(toks),
+        labels=np.array(labels, dtype=np.int64),
+        skipped=skipped,
     )
 
 
@@ -174,13 +180,17 @@ class Model:
 
 
 @torch.no_grad()
-def embed_split(model: Model, split: Split, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def embed_split(
+    model: Model, split: Split, batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
     net = model.net
     was_training = net.training
     net.eval()
     imgs, txts = [], []
     for s in range(0, len(split), batch_size):
-        i, t, _ = model.encode(net, split.images[s : s + batch_size], split.tokens[s : s + batch_size])
+        i, t, _ = model.encode(
+            net, split.images[s : s + batch_size], split.tokens[s : s + batch_size]
+        )
         imgs.append(F.normalize(i.float(), dim=-1).cpu())
         txts.append(F.normalize(t.float(), dim=-1).cpu())
     net.train(was_training)
@@ -257,7 +267,9 @@ class PairObjective:
         else:
             raise ConfigError(f"unknown --method {m!r}; choose from {', '.join(PAIR_METHODS)}")
         if len(self.rows) < 2:
-            raise InputError(f"--method {m}: only {len(self.rows)} training rows selected; nothing to train on")
+            raise InputError(
+                f"--method {m}: only {len(self.rows)} training rows selected; nothing to train on"
+            )
         self.rng = np.random.default_rng(cfg.seed + 1)
 
     def batch(self, idx: np.ndarray):
@@ -284,25 +296,43 @@ class PairObjective:
             w = w.to(per.device)
             return L.osa_loss(per, w), {"mean_weight": float(w.mean())}
         # sdd
-        w_con = torch.as_tensor(self.side["sdd_w_con"].fillna(0).to_numpy(np.float32)[idx]).to(img.device)
+        w_con = torch.as_tensor(self.side["sdd_w_con"].fillna(0).to_numpy(np.float32)[idx]).to(
+            img.device
+        )
         mb_i = self._positions(self.side["sdd_mb_image_key"].to_numpy(object)[idx], idx)
         mb_t = self._positions(self.side["sdd_mb_text_key"].to_numpy(object)[idx], idx)
         w_sig = L.siamese_significance(
             net,
-            lambda siamese: torch.optim.AdamW(siamese.parameters(), lr=optimizer.param_groups[0]["lr"],
-                                              betas=(0.9, 0.98), eps=1e-6, weight_decay=self.cfg.weight_decay),
-            images, tokens, w_con,
-            self.split.images[mb_i], self.split.tokens[mb_i], self.model.encode_fn(),
-            mb_t2i_images=self.split.images[mb_t], mb_t2i_texts=self.split.tokens[mb_t],
-            optimizer_state=optimizer.state_dict(), siamese=self.siamese,
+            lambda siamese: torch.optim.AdamW(
+                siamese.parameters(),
+                lr=optimizer.param_groups[0]["lr"],
+                betas=(0.9, 0.98),
+                eps=1e-6,
+                weight_decay=self.cfg.weight_decay,
+            ),
+            images,
+            tokens,
+            w_con,
+            self.split.images[mb_i],
+            self.split.tokens[mb_i],
+            self.model.encode_fn(),
+            mb_t2i_images=self.split.images[mb_t],
+            mb_t2i_texts=self.split.tokens[mb_t],
+            optimizer_state=optimizer.state_dict(),
+            siamese=self.siamese,
         ).to(img.device)
         per = L.symmetric_infonce(img, txt, scale)
-        return L.sdd_loss(per, w_con, w_sig), {"mean_w_sig": float(w_sig.mean()), "mean_w_con": float(w_con.mean())}
+        return L.sdd_loss(per, w_con, w_sig), {
+            "mean_w_sig": float(w_sig.mean()),
+            "mean_w_con": float(w_con.mean()),
+        }
 
     def _positions(self, keys: np.ndarray, fallback: np.ndarray) -> np.ndarray:
         """Row positions of memory-bank/proxy keys; a sample without one uses
         itself (its w_sig ratio is then its own before/after)."""
-        return np.array([self.key_pos.get(k, f) if isinstance(k, str) else f for k, f in zip(keys, fallback)])
+        return np.array(
+            [self.key_pos.get(k, f) if isinstance(k, str) else f for k, f in zip(keys, fallback)]
+        )
 
     def _sps(self, idx: np.ndarray, epoch: int):
         net, cfg, side = self.model.net, self.cfg, self.side
@@ -312,7 +342,13 @@ class PairObjective:
         if epoch >= cfg.sps_qc_from_epoch and len(self.quasi) >= 2:
             q = self.rng.choice(self.quasi, size=min(bs, len(self.quasi)), replace=False)
             qi, qt, _ = self.model.encode(net, *self.batch(q))
-            kw.update(qc_img=qi, qc_txt=qt, qc_labels=torch.as_tensor(side["sps_soft_label"].to_numpy(np.float32)[q]).to(qi.device))
+            kw.update(
+                qc_img=qi,
+                qc_txt=qt,
+                qc_labels=torch.as_tensor(side["sps_soft_label"].to_numpy(np.float32)[q]).to(
+                    qi.device
+                ),
+            )
         if epoch >= cfg.sps_noisy_from_epoch and len(self.noisy) >= 2:
             nz = self.rng.choice(self.noisy, size=min(bs, len(self.noisy)), replace=False)
             has_proxy = side["sps_proxy_key"].to_numpy(object)[nz]
@@ -321,7 +357,9 @@ class PairObjective:
                 proxy = self._positions(side["sps_proxy_key"].to_numpy(object)[nz], nz)
                 ni = net.encode_image(self.model.pixels(self.split.images[nz]))
                 pt = net.encode_text(self.split.tokens[proxy].to(self.model.est.device))
-                labels = torch.as_tensor(np.nan_to_num(side["sps_proxy_label"].to_numpy(np.float32)[nz])).to(ni.device)
+                labels = torch.as_tensor(
+                    np.nan_to_num(side["sps_proxy_label"].to_numpy(np.float32)[nz])
+                ).to(ni.device)
                 kw.update(noisy_img=ni, proxy_txt=pt, proxy_labels=labels)
         parts = L.sps_total(img, txt, scale, lambda1=cfg.sps_lambda1, lambda2=cfg.sps_lambda2, **kw)
         return parts["total"], {k: float(v.detach()) for k, v in parts.items() if k != "total"}
@@ -342,9 +380,12 @@ def _setup(cfg: TrainConfig):
     np.random.seed(cfg.seed)
     est = load_estimator(cfg.model, cfg.pretrained, cfg.device, precision="fp32")
     keys = tuple(k for k in cfg.image_key.replace(",", ";").split(";") if k)
-    spec = SampleSpec(image_keys=keys, text_key=cfg.text_key,
-                      label_key=cfg.label_key if cfg.task == "classify" else None,
-                      text_required=cfg.task != "classify")
+    spec = SampleSpec(
+        image_keys=keys,
+        text_key=cfg.text_key,
+        label_key=cfg.label_key if cfg.task == "classify" else None,
+        text_required=cfg.task != "classify",
+    )
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     return est, spec, out
@@ -364,14 +405,30 @@ def train(cfg: TrainConfig) -> list[dict]:
     evals = load_split(cfg.eval_shards, est, spec, cfg.workers) if cfg.eval_shards else None
     model = Model(est)
     objective = PairObjective(cfg, model, split, side, meta)
-    optimizer = torch.optim.AdamW(model.net.parameters(), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
-                                  weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.net.parameters(),
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+        weight_decay=cfg.weight_decay,
+    )
     steps_per_epoch = max(1, len(objective.rows) // cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
+    total = (
+        steps_per_epoch * cfg.epochs
+        if cfg.max_steps is None
+        else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
+    )
     history: list[dict] = []
     rng = np.random.default_rng(cfg.seed)
     step = 0
-    bar = tqdm(total=total, desc=f"train {cfg.method}", unit="step", disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        desc=f"train {cfg.method}",
+        unit="step",
+        disable=not cfg.progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     for epoch in range(cfg.epochs):
         order = rng.permutation(objective.rows)
         losses = []
@@ -391,14 +448,21 @@ def train(cfg: TrainConfig) -> list[dict]:
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        record = {"epoch": epoch, "steps": step, "train_loss": float(np.mean(losses)) if losses else None,
-                  "train_rows": int(len(objective.rows))}
+        record = {
+            "epoch": epoch,
+            "steps": step,
+            "train_loss": float(np.mean(losses)) if losses else None,
+            "train_rows": int(len(objective.rows)),
+        }
         if evals is not None:
             record.update(retrieval_metrics(*embed_split(model, evals)))
         history.append(record)
         _atomic_save(model.net.state_dict(), out / f"epoch_{epoch:03d}.pt")
         _atomic_save(model.net.state_dict(), out / "last.pt")
-        _atomic_json({"config": asdict(cfg), "epochs": history, "skipped": split.skipped}, out / "metrics.json")
+        _atomic_json(
+            {"config": asdict(cfg), "epochs": history, "skipped": split.skipped},
+            out / "metrics.json",
+        )
         if step >= total:
             break
     bar.close()
@@ -435,8 +499,11 @@ def train_classifier(cfg: TrainConfig) -> list[dict]:
     elif cfg.method in ("mixfix", "filter"):
         if side is None:
             raise ConfigError(f"--method {cfg.method} needs --sidecar with CLIPCleaner columns")
-        selected = (_where(side, cfg.where) if cfg.method == "filter" and cfg.where
-                    else side["cc_selected"].fillna(False).to_numpy(bool))
+        selected = (
+            _where(side, cfg.where)
+            if cfg.method == "filter" and cfg.where
+            else side["cc_selected"].fillna(False).to_numpy(bool)
+        )
     else:
         raise ConfigError(f"--task classify supports --method {', '.join(CLASSIFY_METHODS)}")
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -465,11 +532,22 @@ def train_classifier(cfg: TrainConfig) -> list[dict]:
         if cfg.method == "mixfix":
             with torch.no_grad():
                 probs = torch.softmax(head(feats), dim=1)
-            new_labels, use_mask, decision = L.mixfix_decisions(probs, labels, torch.as_tensor(np.array(selected, dtype=bool)),
-                                                                cfg.theta_r, cfg.theta_r2)
+            new_labels, use_mask, decision = L.mixfix_decisions(
+                probs,
+                labels,
+                torch.as_tensor(np.array(selected, dtype=bool)),
+                cfg.theta_r,
+                cfg.theta_r2,
+            )
             train_labels, use = torch.as_tensor(new_labels), torch.as_tensor(use_mask)
-            record["mixfix"] = {name: int((torch.as_tensor(decision) == code).sum()) for name, code in
-                                (("absorbed", L.MIXFIX_ABSORB), ("relabelled", L.MIXFIX_RELABEL), ("dropped", L.MIXFIX_DROP))}
+            record["mixfix"] = {
+                name: int((torch.as_tensor(decision) == code).sum())
+                for name, code in (
+                    ("absorbed", L.MIXFIX_ABSORB),
+                    ("relabelled", L.MIXFIX_RELABEL),
+                    ("dropped", L.MIXFIX_DROP),
+                )
+            }
         if eval_feats is not None:
             with torch.no_grad():
                 pred = head(eval_feats).argmax(1).numpy()

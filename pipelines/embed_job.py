@@ -34,8 +34,11 @@ class EstimatorSpec:
         digest = None
         if self.pretrained and Path(self.pretrained).is_file():
             digest = file_digest(self.pretrained)
-        return {"model": self.model if not self.model.endswith(".json") else Path(self.model).stem,
-                "pretrained": self.pretrained or "none", "pretrained_digest": digest}
+        return {
+            "model": self.model if not self.model.endswith(".json") else Path(self.model).stem,
+            "pretrained": self.pretrained or "none",
+            "pretrained_digest": digest,
+        }
 
     def get(self) -> Estimator:
         if self._loaded is None:
@@ -105,7 +108,14 @@ def run_embed(
         import torch
 
         bs = batch_size or default_batch_size("cuda" if torch.cuda.is_available() else "cpu")
-    bar = tqdm(total=None, unit="sample", desc="embed", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        total=None,
+        unit="sample",
+        desc="embed",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
 
     def on_shard(result: ShardResult) -> None:
         if result.fatal:
@@ -116,8 +126,12 @@ def run_embed(
             report.warnings[result.stem] = result.warnings
             for w in result.warnings:
                 tqdm.write(f"warning: shard {result.path.name}: {w}", file=sys.stderr)
-        info = {"identity": identity, "nclean_version": __version__, "shard_path": str(result.path),
-                "warnings": result.warnings}
+        info = {
+            "identity": identity,
+            "nclean_version": __version__,
+            "shard_path": str(result.path),
+            "warnings": result.warnings,
+        }
         cache.write(result.stem, result.meta, result.image, result.text, info)
         report.embedded.append(result.stem)
         faults.checkpoint("embed")

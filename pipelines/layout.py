@@ -59,7 +59,9 @@ class OutputLayout:
                 os.close(fd)
                 os.unlink(probe)
         except OSError as exc:
-            raise ConfigError(f"output location {self.out} is not writable: {exc.strerror or exc}") from None
+            raise ConfigError(
+                f"output location {self.out} is not writable: {exc.strerror or exc}"
+            ) from None
         if overwrite:
             for p in self.parts_dir.glob("*.parquet"):
                 p.unlink()

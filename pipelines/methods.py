@@ -62,7 +62,9 @@ class MethodSettings:
     cc_estimators: tuple[str, ...] = ("zs", "ind")
     cc_selectors: tuple[str, ...] = ("consistency", "gmm")
     cc_combine: str = "intersection"
-    cc_fit_sample: int = 200_000  # labelled rows for the regression and GMMs (stratified sample above)
+    cc_fit_sample: int = (
+        200_000  # labelled rows for the regression and GMMs (stratified sample above)
+    )
 
 
 def new_scorers(methods: list[str], ms: MethodSettings, seed: int) -> dict:
@@ -71,8 +73,13 @@ def new_scorers(methods: list[str], ms: MethodSettings, seed: int) -> dict:
         out["sdd"] = SDDScorer(alpha=ms.sdd_alpha, beta_c=ms.sdd_beta_c, random_state=seed)
     if "sps" in methods:
         out["sps"] = SPSScorer(
-            batch_size=ms.sps_batch_size, eps1=ms.sps_eps1, eps2=ms.sps_eps2,
-            proxy_label=ms.sps_proxy_label, gamma=ms.sps_gamma, b=ms.sps_b, seed=seed,
+            batch_size=ms.sps_batch_size,
+            eps1=ms.sps_eps1,
+            eps2=ms.sps_eps2,
+            proxy_label=ms.sps_proxy_label,
+            gamma=ms.sps_gamma,
+            b=ms.sps_b,
+            seed=seed,
         )
     return out
 
@@ -81,7 +88,9 @@ def load_class_names(ms: MethodSettings) -> list[str]:
     from cleaner.prompts import load_classes
 
     if not ms.cc_classes:
-        raise ConfigError("CLIPCleaner needs --classes FILE (class names, one per line; line number = label id)")
+        raise ConfigError(
+            "CLIPCleaner needs --classes FILE (class names, one per line; line number = label id)"
+        )
     try:
         return load_classes(ms.cc_classes)
     except (OSError, ValueError) as exc:
@@ -98,8 +107,16 @@ def prompt_texts(ms: MethodSettings, classes: list[str]) -> tuple[list[str], np.
         raise ConfigError(f"--prompts {ms.cc_prompts}: {exc}") from None
 
 
-def fit_clipcleaner(ms: MethodSettings, seed: int, cache: EmbeddingCache, stems: list[str], ok_counts: list[int],
-                    encode_prompts, state_dir: Path, progress: bool) -> dict:
+def fit_clipcleaner(
+    ms: MethodSettings,
+    seed: int,
+    cache: EmbeddingCache,
+    stems: list[str],
+    ok_counts: list[int],
+    encode_prompts,
+    state_dir: Path,
+    progress: bool,
+) -> dict:
     """Fit CLIPCleaner on the labelled rows (a seeded sample of about
     ``cc_fit_sample`` rows above that, cut to exactly that many by a
     stratified draw inside the scorer). Saves the out-of-fold table next to
@@ -122,13 +139,23 @@ def fit_clipcleaner(ms: MethodSettings, seed: int, cache: EmbeddingCache, stems:
         raise ValueError("CLIPCleaner needs at least two samples with a valid label")
     prompt_emb = encode_prompts(texts)
     scorer = CLIPCleanerScorer(
-        len(classes), theta_cons=ms.cc_theta_cons, theta_gmm=ms.cc_theta_gmm,
-        prompt_aggregate=ms.cc_prompt_aggregate, induced=ms.cc_induced, n_folds=ms.cc_folds,
-        estimators=ms.cc_estimators, selectors=ms.cc_selectors, combine=ms.cc_combine,
-        max_fit_samples=ms.cc_fit_sample if len(image) > ms.cc_fit_sample else None, seed=seed,
+        len(classes),
+        theta_cons=ms.cc_theta_cons,
+        theta_gmm=ms.cc_theta_gmm,
+        prompt_aggregate=ms.cc_prompt_aggregate,
+        induced=ms.cc_induced,
+        n_folds=ms.cc_folds,
+        estimators=ms.cc_estimators,
+        selectors=ms.cc_selectors,
+        combine=ms.cc_combine,
+        max_fit_samples=ms.cc_fit_sample if len(image) > ms.cc_fit_sample else None,
+        seed=seed,
     )
-    scorer.fit(Pairs(image, image, labels=np.concatenate(labels), row_ids=np.concatenate(row_ids)),
-               prompt_emb, class_of_prompt)
+    scorer.fit(
+        Pairs(image, image, labels=np.concatenate(labels), row_ids=np.concatenate(row_ids)),
+        prompt_emb,
+        class_of_prompt,
+    )
     params = scorer.get_params()
     params["classes"] = classes
     params["n_prompts"] = len(texts)
@@ -158,10 +185,14 @@ def scorers_from_params(params: dict, state_dir: Path | None = None) -> dict:
         if cc.get("oof_file"):
             path = state_dir / cc["oof_file"]
             if not path.exists() or hashlib.sha1(path.read_bytes()).hexdigest() != cc["oof_sha1"]:
-                raise ConfigError(f"{path} is missing or changed since the fit; rerun with --overwrite")
+                raise ConfigError(
+                    f"{path} is missing or changed since the fit; rerun with --overwrite"
+                )
             with np.load(path, allow_pickle=False) as z:
                 oof = {k: z[k] for k in z.files}
-        core = {k: v for k, v in cc.items() if k not in ("classes", "n_prompts", "oof_file", "oof_sha1")}
+        core = {
+            k: v for k, v in cc.items() if k not in ("classes", "n_prompts", "oof_file", "oof_sha1")
+        }
         out["clipcleaner"] = CLIPCleanerScorer.from_params(core, oof=oof)
     return out
 
@@ -175,7 +206,9 @@ class ShardView:
     pairs: Pairs
 
     @classmethod
-    def load(cls, cache: EmbeddingCache, stem: str, position: int, n_classes: int | None = None) -> ShardView:
+    def load(
+        cls, cache: EmbeddingCache, stem: str, position: int, n_classes: int | None = None
+    ) -> ShardView:
         """``n_classes`` set: labels are needed; rows without a valid one
         become ``bad_label`` status rows (embeddings input can carry any)."""
         shard = cache.load(stem)
@@ -188,7 +221,10 @@ class ShardView:
         index = meta.column("index").to_numpy()
         row_ids = (np.int64(position) << ROW_ID_SHIFT) | index.astype(np.int64)
         pairs = Pairs(
-            image=shard.image[ok], text=shard.text[ok], keys=keys[ok], row_ids=row_ids[ok],
+            image=shard.image[ok],
+            text=shard.text[ok],
+            keys=keys[ok],
+            row_ids=row_ids[ok],
             labels=None if labels is None else labels[ok],
         )
         return cls(meta=meta, ok=ok, pairs=pairs)
@@ -209,9 +245,17 @@ def _check_labels(meta: pa.Table, n_classes: int, stem: str) -> tuple[pa.Table, 
         status = status.copy()
         status[bad] = "bad_label"
         for i in np.flatnonzero(bad):
-            error[i] = "label missing" if labels[i] < 0 else f"label {labels[i]} out of range [0, {n_classes})"
-        meta = meta.set_column(meta.schema.get_field_index("status"), "status", pa.array(status.tolist(), pa.string()))
-        meta = meta.set_column(meta.schema.get_field_index("error"), "error", pa.array(error.tolist(), pa.string()))
+            error[i] = (
+                "label missing"
+                if labels[i] < 0
+                else f"label {labels[i]} out of range [0, {n_classes})"
+            )
+        meta = meta.set_column(
+            meta.schema.get_field_index("status"), "status", pa.array(status.tolist(), pa.string())
+        )
+        meta = meta.set_column(
+            meta.schema.get_field_index("error"), "error", pa.array(error.tolist(), pa.string())
+        )
     return meta, labels
 
 
@@ -225,10 +269,27 @@ def _sample_mask(n: int, rate: float, seed: int, stem: str) -> np.ndarray:
 
 
 def _bar(items, desc: str, progress: bool):
-    return tqdm(items, desc=desc, unit="shard", disable=not progress, file=sys.stderr, dynamic_ncols=True, leave=False)
+    return tqdm(
+        items,
+        desc=desc,
+        unit="shard",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        leave=False,
+    )
 
 
-def fit_methods(methods, ms: MethodSettings, seed: int, cache: EmbeddingCache, stems: list[str], ok_counts: list[int], progress: bool, n_classes: int | None = None) -> dict:
+def fit_methods(
+    methods,
+    ms: MethodSettings,
+    seed: int,
+    cache: EmbeddingCache,
+    stems: list[str],
+    ok_counts: list[int],
+    progress: bool,
+    n_classes: int | None = None,
+) -> dict:
     """Fit SDD / SPS on all rows, or on a seeded sample of ``ms.fit_sample`` rows."""
     scorers = new_scorers(methods, ms, seed)
     if not scorers:
@@ -257,7 +318,9 @@ def fit_methods(methods, ms: MethodSettings, seed: int, cache: EmbeddingCache, s
         sps = scorers["sps"]
         loss = np.concatenate(losses)
         params["sps"] = sps.fit(loss).get_params()
-        params["sps"]["pool_fraction"] = float(np.mean(sps.partition(sps.clean_prob(loss)) == "reliable"))
+        params["sps"]["pool_fraction"] = float(
+            np.mean(sps.partition(sps.clean_prob(loss)) == "reliable")
+        )
     for p in params.values():
         p["fit_rows"] = int(len(cos))
         p["fit_rows_total"] = total
@@ -274,7 +337,17 @@ class Indexes:
         return {name: idx.describe() for name, idx in vars(self).items() if idx is not None}
 
 
-def build_indexes(scorers: dict, params: dict, ms: MethodSettings, seed: int, cache: EmbeddingCache, stems: list[str], dim: int, progress: bool, n_classes: int | None = None) -> Indexes:
+def build_indexes(
+    scorers: dict,
+    params: dict,
+    ms: MethodSettings,
+    seed: int,
+    cache: EmbeddingCache,
+    stems: list[str],
+    dim: int,
+    progress: bool,
+    n_classes: int | None = None,
+) -> Indexes:
     """Stream every shard once, adding each method's search pool in chunks."""
     sdd, sps = scorers.get("sdd"), scorers.get("sps")
     idx = Indexes()
@@ -283,7 +356,9 @@ def build_indexes(scorers: dict, params: dict, ms: MethodSettings, seed: int, ca
 
     def new(method):
         expected = max(1, int(params[method]["pool_fraction"] * params[method]["fit_rows_total"]))
-        return NeighborIndex(dim, exact_threshold=ms.exact_threshold, expected_n=expected, seed=seed)
+        return NeighborIndex(
+            dim, exact_threshold=ms.exact_threshold, expected_n=expected, seed=seed
+        )
 
     if sdd is not None:
         idx.sdd_image, idx.sdd_text = new("sdd"), new("sdd")
@@ -317,11 +392,16 @@ def build_indexes(scorers: dict, params: dict, ms: MethodSettings, seed: int, ca
             q = np.concatenate([r[modality] for r in recall_queries])[:1000]
             rid = np.concatenate([r[2] for r in recall_queries])[:1000]
             recall = index.measure_recall(q, k=1, query_row_ids=rid)
-            tqdm.write(f"{name}: IVF nlist={index.nlist} nprobe={index.nprobe}, recall@1 vs exact = {recall:.4f}", file=sys.stderr)
+            tqdm.write(
+                f"{name}: IVF nlist={index.nlist} nprobe={index.nprobe}, recall@1 vs exact = {recall:.4f}",
+                file=sys.stderr,
+            )
     return idx
 
 
-def transform_shard(view: ShardView, stem: str, scorers: dict, indexes: Indexes, methods: list[str], metadata: dict) -> pa.Table:
+def transform_shard(
+    view: ShardView, stem: str, scorers: dict, indexes: Indexes, methods: list[str], metadata: dict
+) -> pa.Table:
     columns: dict[str, np.ndarray] = {}
     p = view.pairs
     if "osa" in methods:

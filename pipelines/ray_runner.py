@@ -36,7 +36,9 @@ def init_ray(address: str | None, num_cpus: int | None = None):
         try:
             ray.init(**kwargs)
         except Exception as exc:  # a bad address, a cluster that is down
-            raise ConfigError(f"could not start or reach Ray ({address or 'local'}): {exc}") from None
+            raise ConfigError(
+                f"could not start or reach Ray ({address or 'local'}): {exc}"
+            ) from None
     return ray
 
 
@@ -62,7 +64,9 @@ def _embed_actor_class(ray, use_gpu: bool):
     return EmbedActor
 
 
-def ray_embed(ray, todo: list[Path], est_spec, spec, batch_size: int, on_shard, on_batch=None) -> None:
+def ray_embed(
+    ray, todo: list[Path], est_spec, spec, batch_size: int, on_shard, on_batch=None
+) -> None:
     """Embed ``todo`` on an actor pool; ``on_shard(ShardResult)`` on the driver."""
     import torch
     from ray.util import ActorPool
@@ -72,7 +76,9 @@ def ray_embed(ray, todo: list[Path], est_spec, spec, batch_size: int, on_shard, 
     n_actors = max(1, min(len(todo), gpus if gpus else cpus))
     actor_cls = _embed_actor_class(ray, use_gpu=gpus > 0)
     threads = None if gpus else torch.get_num_threads()
-    pool = ActorPool([actor_cls.remote(est_spec, spec, batch_size, threads) for _ in range(n_actors)])
+    pool = ActorPool(
+        [actor_cls.remote(est_spec, spec, batch_size, threads) for _ in range(n_actors)]
+    )
     for result in pool.map_unordered(lambda a, p: a.embed.remote(str(p)), todo):
         if on_batch is not None and result.meta is not None:
             on_batch(len(result.meta))
@@ -81,7 +87,9 @@ def ray_embed(ray, todo: list[Path], est_spec, spec, batch_size: int, on_shard, 
 
 def _transform_remote(ray):
     @ray.remote(num_cpus=1)
-    def transform(cache_root, stem, pos, params, state_dir, indexes, methods, metadata, n_classes, part_path):
+    def transform(
+        cache_root, stem, pos, params, state_dir, indexes, methods, metadata, n_classes, part_path
+    ):
         from cleaner.embcache import EmbeddingCache
         from cleaner.sidecar import atomic_write_table
         from pipelines.methods import ShardView, scorers_from_params, transform_shard
@@ -96,14 +104,26 @@ def _transform_remote(ray):
     return transform
 
 
-def ray_transform(ray, todo, cache, params, state_dir, indexes, methods, base_meta, n_classes, part_path, on_done) -> None:
+def ray_transform(
+    ray, todo, cache, params, state_dir, indexes, methods, base_meta, n_classes, part_path, on_done
+) -> None:
     """One task per shard; ``on_done(stem)`` as each part lands."""
     transform = _transform_remote(ray)
     indexes_ref = ray.put(indexes)
     params_ref = ray.put(params)
     pending = [
-        transform.remote(str(cache.root), stem, pos, params_ref, str(state_dir), indexes_ref, methods,
-                         {**base_meta, "shard": stem}, n_classes, str(part_path(stem)))
+        transform.remote(
+            str(cache.root),
+            stem,
+            pos,
+            params_ref,
+            str(state_dir),
+            indexes_ref,
+            methods,
+            {**base_meta, "shard": stem},
+            n_classes,
+            str(part_path(stem)),
+        )
         for pos, stem in todo
     ]
     while pending:

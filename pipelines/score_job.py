@@ -27,14 +27,19 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from cleaner import __version__
-from cleaner import faults
+from cleaner import __version__, faults
 from cleaner import schema as S
-from cleaner.beta import DEFAULT_NOISE_K, DEFAULT_SHUFFLED_K, BetaEstimate, noise_beta, sample_mismatched_indices, shuffled_beta_from_rows
+from cleaner.beta import (
+    DEFAULT_NOISE_K,
+    DEFAULT_SHUFFLED_K,
+    BetaEstimate,
+    noise_beta,
+    sample_mismatched_indices,
+    shuffled_beta_from_rows,
+)
 from cleaner.decode import SampleSpec
 from cleaner.embcache import EmbeddingCache, validate_dir
 from cleaner.errors import ConfigError, NothingScoredError
-from cleaner.scorers.osa import OSAScorer
 from cleaner.shards import expand_shards, shard_stem
 from cleaner.sidecar import atomic_write_table, merge_parts, part_is_valid
 
@@ -113,7 +118,12 @@ def _check_settings(job: ScoreJob) -> None:
         raise ConfigError(f"--beta-source must be noise or shuffled, not {st.beta_source!r}")
     if (job.shards is None) == (job.embeddings is None):
         raise ConfigError("give shards, or --embeddings DIR, but not both")
-    if "osa" in st.methods and job.embeddings is not None and st.beta is None and st.beta_source == "noise":
+    if (
+        "osa" in st.methods
+        and job.embeddings is not None
+        and st.beta is None
+        and st.beta_source == "noise"
+    ):
         raise ConfigError(
             "--beta-source noise needs the model, which --embeddings input does not load; "
             "use --beta-source shuffled or set --beta VALUE"
@@ -139,7 +149,13 @@ def _ok_counts(cache: EmbeddingCache, stems: list[str]) -> list[int]:
     return counts
 
 
-def _gather_rows(cache: EmbeddingCache, stems: list[str], ok_counts: list[int], global_rows: np.ndarray, which: str) -> np.ndarray:
+def _gather_rows(
+    cache: EmbeddingCache,
+    stems: list[str],
+    ok_counts: list[int],
+    global_rows: np.ndarray,
+    which: str,
+) -> np.ndarray:
     """Fetch rows (numbered over the ok rows of all shards, in order) from
     the memory-mapped cache, one shard at a time."""
     offsets = np.concatenate([[0], np.cumsum(ok_counts)])
@@ -163,7 +179,9 @@ def _gather_rows(cache: EmbeddingCache, stems: list[str], ok_counts: list[int], 
     return out
 
 
-def _estimate_beta(job: ScoreJob, cache: EmbeddingCache, stems: list[str], counts: list[int]) -> BetaEstimate:
+def _estimate_beta(
+    job: ScoreJob, cache: EmbeddingCache, stems: list[str], counts: list[int]
+) -> BetaEstimate:
     st = job.settings
     if st.beta is not None:
         return BetaEstimate.manual(st.beta)
@@ -173,10 +191,14 @@ def _estimate_beta(job: ScoreJob, cache: EmbeddingCache, stems: list[str], count
         return noise_beta(job.estimator.get(), k=k, seed=st.seed)
     k = st.beta_samples or DEFAULT_SHUFFLED_K
     if sum(counts) < 2:
-        raise NothingScoredError("shuffled beta needs at least two scorable samples; none or one found")
+        raise NothingScoredError(
+            "shuffled beta needs at least two scorable samples; none or one found"
+        )
     i, j = sample_mismatched_indices(counts, k, st.seed)
     return shuffled_beta_from_rows(
-        _gather_rows(cache, stems, counts, i, "image"), _gather_rows(cache, stems, counts, j, "text"), st.seed
+        _gather_rows(cache, stems, counts, i, "image"),
+        _gather_rows(cache, stems, counts, j, "text"),
+        st.seed,
     )
 
 
@@ -225,16 +247,29 @@ def _fit(job: ScoreJob, cache: EmbeddingCache, stems: list[str]) -> dict:
     fit: dict = {"settings": _settings_json(st), "scorers": {}}
     if "osa" in st.methods:
         beta = _estimate_beta(job, cache, stems, counts)
-        _log(f"beta = {beta.value:.4f} (source {beta.source}, K={beta.k}, std {beta.std:.4f}, se {beta.se:.5f})")
+        _log(
+            f"beta = {beta.value:.4f} (source {beta.source}, K={beta.k}, std {beta.std:.4f}, se {beta.se:.5f})"
+        )
         fit["beta"] = beta.to_dict()
         fit["scorers"]["osa"] = {"beta": beta.to_dict()}
     n_classes = _n_classes(job)
     try:
-        fit["scorers"].update(fit_methods(st.methods, st.method, st.seed, cache, stems, counts, job.progress, n_classes))
+        fit["scorers"].update(
+            fit_methods(
+                st.methods, st.method, st.seed, cache, stems, counts, job.progress, n_classes
+            )
+        )
         if "clipcleaner" in st.methods:
             encode = _prompt_encoder(job, layout_state_dir(job))
             fit["scorers"]["clipcleaner"] = fit_clipcleaner(
-                st.method, st.seed, cache, stems, counts, encode, layout_state_dir(job), job.progress
+                st.method,
+                st.seed,
+                cache,
+                stems,
+                counts,
+                encode,
+                layout_state_dir(job),
+                job.progress,
             )
     except ValueError as exc:
         raise NothingScoredError(str(exc)) from None
@@ -242,13 +277,19 @@ def _fit(job: ScoreJob, cache: EmbeddingCache, stems: list[str]) -> dict:
     return fit
 
 
-def _load_or_fit(job: ScoreJob, layout: OutputLayout, cache: EmbeddingCache, stems: list[str]) -> dict:
+def _load_or_fit(
+    job: ScoreJob, layout: OutputLayout, cache: EmbeddingCache, stems: list[str]
+) -> dict:
     if layout.fit_path.exists():
         try:
             stored = json.loads(layout.fit_path.read_text())
         except (OSError, ValueError):
             stored = None
-        if stored and stored.get("settings") == _settings_json(job.settings) and stored.get("inputs") == stems:
+        if (
+            stored
+            and stored.get("settings") == _settings_json(job.settings)
+            and stored.get("inputs") == stems
+        ):
             return stored
         if stored:
             raise ConfigError(
@@ -271,7 +312,9 @@ class _Phases:
     def __call__(self, name: str) -> None:
         now = time.perf_counter()
         if self.name is not None:
-            self.summary.timings[self.name] = self.summary.timings.get(self.name, 0.0) + now - self.t0
+            self.summary.timings[self.name] = (
+                self.summary.timings.get(self.name, 0.0) + now - self.t0
+            )
         self.name, self.t0 = (None if name == "done" else name), now
         if self.callback is not None:
             self.callback(name)
@@ -288,7 +331,9 @@ def run_score(job: ScoreJob) -> ScoreSummary:
         # classification shards need not carry captions when only labels are scored
         job.sample_spec.text_required = job.settings.methods != ["clipcleaner"]
     layout = OutputLayout.from_out(job.out)
-    summary = ScoreSummary(parts_dir=str(layout.parts_dir), merged=str(layout.merged) if layout.merged else None)
+    summary = ScoreSummary(
+        parts_dir=str(layout.parts_dir), merged=str(layout.merged) if layout.merged else None
+    )
     phase = _Phases(summary, job.on_phase)
     phase("embed")
     if job.embeddings is not None:
@@ -304,14 +349,23 @@ def run_score(job: ScoreJob) -> ScoreSummary:
         layout.prepare(job.overwrite)
         cache = EmbeddingCache(job.cache or layout.default_cache)
         embed_report = run_embed(
-            shards, cache, job.estimator, job.sample_spec, job.batch_size, job.workers,
-            overwrite=job.overwrite and job.cache is not None, progress=job.progress,
-            engine=job.engine, ray_address=job.ray_address,
+            shards,
+            cache,
+            job.estimator,
+            job.sample_spec,
+            job.batch_size,
+            job.workers,
+            overwrite=job.overwrite and job.cache is not None,
+            progress=job.progress,
+            engine=job.engine,
+            ray_address=job.ray_address,
         )
         summary.fatal_shards = dict(embed_report.fatal)
         stems = [s for s in stems_all if s not in embed_report.fatal]
         if not stems:
-            raise NothingScoredError("no shard could be read: " + "; ".join(embed_report.fatal.values()))
+            raise NothingScoredError(
+                "no shard could be read: " + "; ".join(embed_report.fatal.values())
+            )
 
     phase("fit")
     fit = _load_or_fit(job, layout, cache, stems)
@@ -325,7 +379,9 @@ def run_score(job: ScoreJob) -> ScoreSummary:
         "schema_version": S.SCHEMA_VERSION,
         "methods": methods,
         "fit_id": fit_id,
-        "estimator": job.estimator.identity() if job.embeddings is None else {"embeddings": str(job.embeddings)},
+        "estimator": job.estimator.identity()
+        if job.embeddings is None
+        else {"embeddings": str(job.embeddings)},
         "beta": fit.get("beta"),
         "params": _params_for_metadata(fit["scorers"]),
         "settings": asdict(job.settings),
@@ -333,8 +389,13 @@ def run_score(job: ScoreJob) -> ScoreSummary:
         "argv": job.argv,
     }
     todo = [
-        (pos, stem) for pos, stem in enumerate(stems)
-        if job.overwrite or not (layout.part_path(stem).exists() and part_is_valid(layout.part_path(stem), {"fit_id": fit_id}))
+        (pos, stem)
+        for pos, stem in enumerate(stems)
+        if job.overwrite
+        or not (
+            layout.part_path(stem).exists()
+            and part_is_valid(layout.part_path(stem), {"fit_id": fit_id})
+        )
     ]
     summary.parts_skipped = len(stems) - len(todo)
     if todo:
@@ -342,14 +403,33 @@ def run_score(job: ScoreJob) -> ScoreSummary:
         # is written (and rebuilt, identically, by a resumed run).
         phase("index")
         dim = _dim(cache, stems)
-        indexes = build_indexes(scorers, fit["scorers"], job.settings.method, job.settings.seed, cache, stems, dim, job.progress, n_classes)
+        indexes = build_indexes(
+            scorers,
+            fit["scorers"],
+            job.settings.method,
+            job.settings.seed,
+            cache,
+            stems,
+            dim,
+            job.progress,
+            n_classes,
+        )
         base_meta["neighbors"] = indexes.describe()
         if base_meta["neighbors"]:  # kept for the merge of a later no-op run
             tmp = layout.state_dir / ".neighbors.json.tmp"
-            tmp.write_text(json.dumps(base_meta["neighbors"], indent=1, sort_keys=True, default=str))
+            tmp.write_text(
+                json.dumps(base_meta["neighbors"], indent=1, sort_keys=True, default=str)
+            )
             tmp.replace(layout.state_dir / "neighbors.json")
         phase("transform")
-        bar = tqdm(total=len(todo), desc="score", unit="shard", disable=not job.progress, file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(
+            total=len(todo),
+            desc="score",
+            unit="shard",
+            disable=not job.progress,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
 
         def part_done(stem: str) -> None:
             summary.parts_written += 1
@@ -360,12 +440,25 @@ def run_score(job: ScoreJob) -> ScoreSummary:
             from .ray_runner import init_ray, ray_transform
 
             ray = init_ray(job.ray_address)
-            ray_transform(ray, todo, cache, fit["scorers"], layout.state_dir, indexes, methods, base_meta,
-                          n_classes, layout.part_path, part_done)
+            ray_transform(
+                ray,
+                todo,
+                cache,
+                fit["scorers"],
+                layout.state_dir,
+                indexes,
+                methods,
+                base_meta,
+                n_classes,
+                layout.part_path,
+                part_done,
+            )
         else:
             for pos, stem in todo:
                 view = ShardView.load(cache, stem, pos, n_classes)
-                table = transform_shard(view, stem, scorers, indexes, methods, {**base_meta, "shard": stem})
+                table = transform_shard(
+                    view, stem, scorers, indexes, methods, {**base_meta, "shard": stem}
+                )
                 atomic_write_table(table, layout.part_path(stem))
                 part_done(stem)
         bar.close()
@@ -387,14 +480,18 @@ def run_score(job: ScoreJob) -> ScoreSummary:
         if "neighbors" not in base_meta and neighbors_json.exists():
             base_meta["neighbors"] = json.loads(neighbors_json.read_text())
         merged_meta = {**base_meta, "shards": stems}
-        if summary.parts_written or not _merged_is_current(layout.merged, fit_id, summary.rows, stems):
+        if summary.parts_written or not _merged_is_current(
+            layout.merged, fit_id, summary.rows, stems
+        ):
             merge_parts(parts, layout.merged, merged_meta)
             summary.merged_written = True
 
     phase("done")
     if counts.get("ok", 0) == 0:
         detail = ", ".join(f"{k}: {v}" for k, v in summary.status_counts.items()) or "no samples"
-        raise NothingScoredError(f"nothing could be scored ({detail}); see the status column in {layout.parts_dir}")
+        raise NothingScoredError(
+            f"nothing could be scored ({detail}); see the status column in {layout.parts_dir}"
+        )
     return summary
 
 
@@ -407,11 +504,17 @@ def _params_for_metadata(params: dict) -> dict:
         return params
 
     def digest(value) -> dict:
-        return {"sha1": hashlib.sha1(json.dumps(value, sort_keys=True).encode()).hexdigest(), "in": "_nclean/fit.json"}
+        return {
+            "sha1": hashlib.sha1(json.dumps(value, sort_keys=True).encode()).hexdigest(),
+            "in": "_nclean/fit.json",
+        }
 
     slim = dict(cc)
     if cc.get("prompts"):
-        slim["prompts"] = {"class_of_prompt": cc["prompts"]["class_of_prompt"], "embeddings": digest(cc["prompts"]["embeddings"])}
+        slim["prompts"] = {
+            "class_of_prompt": cc["prompts"]["class_of_prompt"],
+            "embeddings": digest(cc["prompts"]["embeddings"]),
+        }
     if cc.get("lr"):
         slim["lr"] = digest(cc["lr"])
     return {**params, "clipcleaner": slim}

@@ -38,7 +38,11 @@ def shard_dir(tmp_path_factory) -> Path:
 def run_cli(*args, check=True, timeout=300, env=None) -> subprocess.CompletedProcess:
     """Run the real console entry point in a subprocess."""
     cmd = [sys.executable, "-c", "from cleaner.cli import main; main()", *map(str, args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"nclean {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"nclean {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stderr[-3000:]}"
+        )
     return proc

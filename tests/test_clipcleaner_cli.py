@@ -4,13 +4,12 @@ import io
 import json
 import tarfile
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import TINY, run_cli
 
 from cleaner import schema as S
 from cleaner import shapes
-from conftest import TINY, run_cli
 
 
 def _add(tf, name, data: bytes):
@@ -28,7 +27,13 @@ def labelled(tmp_path_factory):
     # a shard of classification samples: image + label only (no caption), some bad labels
     img = shapes.encode_image(data[0]["image"])
     with tarfile.open(root / "shards" / "00002.tar", "w") as tf:
-        for key, cls in [("c_ok", b"3"), ("c_range", b"99"), ("c_text", b"square"), ("c_neg", b"-1"), ("c_float", b"2.5")]:
+        for key, cls in [
+            ("c_ok", b"3"),
+            ("c_range", b"99"),
+            ("c_text", b"square"),
+            ("c_neg", b"-1"),
+            ("c_float", b"2.5"),
+        ]:
             _add(tf, f"{key}.jpg", img)
             _add(tf, f"{key}.cls", cls)
         _add(tf, "c_nolabel.jpg", img)
@@ -43,9 +48,25 @@ def labelled(tmp_path_factory):
 def test_clipcleaner_command(labelled, tiny_ckpt):
     root, _ = labelled
     out = root / "selections.parquet"
-    proc = run_cli("score", root / "shards", "--methods", "clipcleaner", "--classes", root / "classes.txt",
-                   "--out", out, "--model", TINY, "--pretrained", tiny_ckpt, "--workers", "0", "--no-progress",
-                   "--folds", "3")
+    proc = run_cli(
+        "score",
+        root / "shards",
+        "--methods",
+        "clipcleaner",
+        "--classes",
+        root / "classes.txt",
+        "--out",
+        out,
+        "--model",
+        TINY,
+        "--pretrained",
+        tiny_ckpt,
+        "--workers",
+        "0",
+        "--no-progress",
+        "--folds",
+        "3",
+    )
     t = pq.read_table(out).to_pandas()
     assert len(t) == 160 + 8
     st = dict(zip(t.key, t.status))
@@ -61,22 +82,61 @@ def test_clipcleaner_command(labelled, tiny_ckpt):
     assert meta["params"]["clipcleaner"]["classes"] == shapes.SHAPES
     assert meta["params"]["clipcleaner"]["settings"]["n_folds"] == 3
     # selection follows the definition: the intersection of the four verdicts
-    sel = (t.cc_consistency_zs & t.cc_consistency_ind & (t.cc_gmm_clean_prob_zs >= 0.5)
-           & (t.cc_gmm_clean_prob_ind >= 0.5))
+    sel = (
+        t.cc_consistency_zs
+        & t.cc_consistency_ind
+        & (t.cc_gmm_clean_prob_zs >= 0.5)
+        & (t.cc_gmm_clean_prob_ind >= 0.5)
+    )
     assert (t.cc_selected[ok] | ~sel[ok]).all()  # everything in the intersection is selected
     # a second run is a no-op
     before = out.read_bytes()
-    run_cli("score", root / "shards", "--methods", "clipcleaner", "--classes", root / "classes.txt",
-            "--out", out, "--model", TINY, "--pretrained", tiny_ckpt, "--workers", "0", "--no-progress", "--folds", "3")
+    run_cli(
+        "score",
+        root / "shards",
+        "--methods",
+        "clipcleaner",
+        "--classes",
+        root / "classes.txt",
+        "--out",
+        out,
+        "--model",
+        TINY,
+        "--pretrained",
+        tiny_ckpt,
+        "--workers",
+        "0",
+        "--no-progress",
+        "--folds",
+        "3",
+    )
     assert out.read_bytes() == before
 
 
 def test_label_from_json_field(labelled, tiny_ckpt, tmp_path):
     root, _ = labelled
     out = tmp_path / "j.parquet"
-    run_cli("score", root / "shards" / "00002.tar", "--methods", "clipcleaner", "--classes", root / "classes.txt",
-            "--label-key", "json:label", "--out", out, "--model", TINY, "--pretrained", tiny_ckpt,
-            "--workers", "0", "--no-progress", "--induced", "in-sample")
+    run_cli(
+        "score",
+        root / "shards" / "00002.tar",
+        "--methods",
+        "clipcleaner",
+        "--classes",
+        root / "classes.txt",
+        "--label-key",
+        "json:label",
+        "--out",
+        out,
+        "--model",
+        TINY,
+        "--pretrained",
+        tiny_ckpt,
+        "--workers",
+        "0",
+        "--no-progress",
+        "--induced",
+        "in-sample",
+    )
     t = pq.read_table(out).to_pandas()
     st = dict(zip(t.key, t.status))
     assert st["c_json"] == "ok" and st["c_ok"] == "bad_label"
@@ -85,6 +145,18 @@ def test_label_from_json_field(labelled, tiny_ckpt, tmp_path):
 
 def test_missing_classes_is_config_error(labelled, tiny_ckpt, tmp_path):
     root, _ = labelled
-    proc = run_cli("score", root / "shards", "--methods", "clipcleaner", "--out", tmp_path / "x",
-                   "--model", TINY, "--pretrained", tiny_ckpt, "--no-progress", check=False)
+    proc = run_cli(
+        "score",
+        root / "shards",
+        "--methods",
+        "clipcleaner",
+        "--out",
+        tmp_path / "x",
+        "--model",
+        TINY,
+        "--pretrained",
+        tiny_ckpt,
+        "--no-progress",
+        check=False,
+    )
     assert proc.returncode == 2 and "--classes" in proc.stderr and "Traceback" not in proc.stderr

@@ -87,6 +87,10 @@ def test_prepare_sample_reports_uid_and_problems():
     out = prepare_sample(raw, spec, image_transform=lambda im: im.resize((8, 8)))
     assert out.status == "ok" and out.uid == "abc" and out.image.shape == (8, 8, 3)
     assert prepare_sample(RawSample("k", 0, {"txt": b"c"}), spec).status == "missing_image"
-    assert prepare_sample(RawSample("k", 0, {"jpg": None, "txt": b"c"}), spec).status == "decode_error"
-    dup = RawSample("k", 1, {"jpg": _img_bytes(), "txt": b"c"}, problem="duplicate_key", problem_detail="x")
+    assert (
+        prepare_sample(RawSample("k", 0, {"jpg": None, "txt": b"c"}), spec).status == "decode_error"
+    )
+    dup = RawSample(
+        "k", 1, {"jpg": _img_bytes(), "txt": b"c"}, problem="duplicate_key", problem_detail="x"
+    )
     assert prepare_sample(dup, spec).status == "duplicate_key"

@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from cleaner.beta import BetaEstimate, _grid_estimate, noise_beta, sample_mismatched_indices, shuffled_beta
+from cleaner.beta import (
+    BetaEstimate,
+    _grid_estimate,
+    noise_beta,
+    sample_mismatched_indices,
+    shuffled_beta,
+)
 from cleaner.scorers.base import Pairs
 from cleaner.scorers.osa import OSA_PEAK, OSAScorer, osa_weight
 

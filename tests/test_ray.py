@@ -4,9 +4,9 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import TINY
 
 from cleaner import schema as S
-from conftest import TINY
 from pipelines.embed_job import EstimatorSpec
 from pipelines.score_job import ScoreJob, ScoreSettings, run_score
 
@@ -22,9 +22,14 @@ def ray_session():
 
 def _job(shard_dir, ckpt, out, engine):
     return ScoreJob(
-        out=str(out), shards=[str(shard_dir)], estimator=EstimatorSpec(model=TINY, pretrained=str(ckpt), device="cpu"),
-        settings=ScoreSettings(methods=["osa", "sdd", "sps"], beta_samples=16), workers=0, progress=False,
-        engine=engine, argv=["test"],
+        out=str(out),
+        shards=[str(shard_dir)],
+        estimator=EstimatorSpec(model=TINY, pretrained=str(ckpt), device="cpu"),
+        settings=ScoreSettings(methods=["osa", "sdd", "sps"], beta_samples=16),
+        workers=0,
+        progress=False,
+        engine=engine,
+        argv=["test"],
     )
 
 
@@ -42,7 +47,9 @@ def test_ray_matches_local(ray_session, shard_dir, tiny_ckpt, tmp_path):
         a, b = pq.read_table(local / name), pq.read_table(remote / name)
         assert a.equals(b), name  # values, types, row order
         assert S.read_metadata(a.schema) == S.read_metadata(b.schema)
-    assert json.loads((local / "_nclean" / "fit.json").read_text()) == json.loads((remote / "_nclean" / "fit.json").read_text())
+    assert json.loads((local / "_nclean" / "fit.json").read_text()) == json.loads(
+        (remote / "_nclean" / "fit.json").read_text()
+    )
     # resume works the same way: a rerun on Ray is a no-op
     again = run_score(_job(shard_dir, tiny_ckpt, remote, "ray"))
     assert again.parts_written == 0 and again.parts_skipped == 3

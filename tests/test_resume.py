@@ -8,10 +8,10 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import TINY, run_cli
 
 from cleaner import schema as S
 from cleaner import shapes
-from conftest import TINY, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +24,21 @@ def many_shards(tmp_path_factory):
 
 
 def _args(shards, out, ckpt):
-    return ["score", shards, "--out", out, "--model", TINY, "--pretrained", ckpt, "--workers", "0",
-            "--no-progress", "--beta-samples", "16"]
+    return [
+        "score",
+        shards,
+        "--out",
+        out,
+        "--model",
+        TINY,
+        "--pretrained",
+        ckpt,
+        "--workers",
+        "0",
+        "--no-progress",
+        "--beta-samples",
+        "16",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +59,9 @@ def _assert_same(a, b):
 @pytest.mark.parametrize("kill_at", ["embed:3", "part:5"])
 def test_sigkill_then_rerun_matches(kill_at, many_shards, tiny_ckpt, reference, tmp_path):
     out = tmp_path / "w.parquet"
-    proc = run_cli(*_args(many_shards, out, tiny_ckpt), check=False, env={"NCLEAN_KILL_AT": kill_at})
+    proc = run_cli(
+        *_args(many_shards, out, tiny_ckpt), check=False, env={"NCLEAN_KILL_AT": kill_at}
+    )
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()
     parts = list(out.with_suffix(".parts").glob("*.parquet"))
@@ -59,8 +74,15 @@ def test_sigkill_then_rerun_matches(kill_at, many_shards, tiny_ckpt, reference, 
 def test_kill_from_outside_mid_embedding(many_shards, tiny_ckpt, reference, tmp_path):
     """A kill at a moment we do not choose: whenever the second partition lands."""
     out = tmp_path / "w.parquet"
-    cmd = [sys.executable, "-c", "from cleaner.cli import main; main()", *map(str, _args(many_shards, out, tiny_ckpt))]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    cmd = [
+        sys.executable,
+        "-c",
+        "from cleaner.cli import main; main()",
+        *map(str, _args(many_shards, out, tiny_ckpt)),
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy()
+    )
     meta_dir = out.with_suffix(".parts") / "_nclean" / "embeddings" / "metadata"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:

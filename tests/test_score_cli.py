@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import TINY, run_cli
 
 from cleaner import schema as S
-from conftest import TINY, run_cli
 
 
 def _expected_rows(shard_dir):
@@ -31,8 +31,21 @@ def _expected_rows(shard_dir):
 @pytest.fixture(scope="module")
 def scored(shard_dir, tiny_ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("scored") / "weights.parquet"
-    proc = run_cli("score", shard_dir, "--out", out, "--model", TINY, "--pretrained", tiny_ckpt,
-                   "--workers", "1", "--no-progress", "--uid-field", "uid")
+    proc = run_cli(
+        "score",
+        shard_dir,
+        "--out",
+        out,
+        "--model",
+        TINY,
+        "--pretrained",
+        tiny_ckpt,
+        "--workers",
+        "1",
+        "--no-progress",
+        "--uid-field",
+        "uid",
+    )
     return out, proc
 
 
@@ -40,7 +53,12 @@ def test_one_row_per_sample_with_statuses(scored, shard_dir):
     out, proc = scored
     table = pq.read_table(out)
     expected = _expected_rows(shard_dir)
-    got = {(s, k): st for s, k, st in zip(table["shard"].to_pylist(), table["key"].to_pylist(), table["status"].to_pylist())}
+    got = {
+        (s, k): st
+        for s, k, st in zip(
+            table["shard"].to_pylist(), table["key"].to_pylist(), table["status"].to_pylist()
+        )
+    }
     assert len(table) == len(expected) == len(got)
     # label problems are not this command's business: those samples score fine
     expected = {k: ("ok" if v == "bad_label" else v) for k, v in expected.items()}
@@ -55,7 +73,12 @@ def test_schema_types_and_values(scored):
     assert meta["schema_version"] == S.SCHEMA_VERSION and meta["methods"] == ["osa", "sdd", "sps"]
     assert meta["beta"]["source"] == "noise" and meta["beta"]["k"] == 64 and meta["beta"]["se"] > 0
     assert meta["estimator"]["model"] == TINY
-    for name, typ in [("key", pa.string()), ("index", pa.int64()), ("cosine", pa.float32()), ("osa_weight", pa.float32())]:
+    for name, typ in [
+        ("key", pa.string()),
+        ("index", pa.int64()),
+        ("cosine", pa.float32()),
+        ("osa_weight", pa.float32()),
+    ]:
         assert table.schema.field(name).type == typ
     ok = np.array(table["status"].to_pylist()) == "ok"
     cos = table["cosine"].to_numpy(zero_copy_only=False)
@@ -75,8 +98,21 @@ def test_second_run_is_byte_identical_noop(scored, shard_dir, tiny_ckpt):
     out, _ = scored
     before = out.read_bytes()
     mtime = out.stat().st_mtime_ns
-    proc = run_cli("score", shard_dir, "--out", out, "--model", TINY, "--pretrained", tiny_ckpt,
-                   "--workers", "1", "--no-progress", "--uid-field", "uid")
+    proc = run_cli(
+        "score",
+        shard_dir,
+        "--out",
+        out,
+        "--model",
+        TINY,
+        "--pretrained",
+        tiny_ckpt,
+        "--workers",
+        "1",
+        "--no-progress",
+        "--uid-field",
+        "uid",
+    )
     assert out.read_bytes() == before and out.stat().st_mtime_ns == mtime
     assert "parts written 0, reused 3" in proc.stderr and "unchanged" in proc.stderr
 
@@ -85,7 +121,9 @@ def test_embeddings_roundtrip_equals_direct(scored, tmp_path):
     out, _ = scored
     cache = out.with_suffix(".parts") / "_nclean" / "embeddings"
     again = tmp_path / "again"
-    run_cli("score", "--embeddings", cache, "--out", again, "--beta-source", "shuffled", "--no-progress")
+    run_cli(
+        "score", "--embeddings", cache, "--out", again, "--beta-source", "shuffled", "--no-progress"
+    )
     direct = pq.read_table(out)
     via = pq.read_table(again)
     for col in ["key", "shard", "index", "status", "cosine"]:
@@ -93,8 +131,12 @@ def test_embeddings_roundtrip_equals_direct(scored, tmp_path):
     noise_beta = S.read_metadata(direct.schema)["beta"]["value"]
     # the same cosines under a given beta give the same weights
     fixed = tmp_path / "fixed"
-    run_cli("score", "--embeddings", cache, "--out", fixed, "--beta", str(noise_beta), "--no-progress")
-    np.testing.assert_array_equal(pq.read_table(fixed)["osa_weight"].to_numpy(), direct["osa_weight"].to_numpy())
+    run_cli(
+        "score", "--embeddings", cache, "--out", fixed, "--beta", str(noise_beta), "--no-progress"
+    )
+    np.testing.assert_array_equal(
+        pq.read_table(fixed)["osa_weight"].to_numpy(), direct["osa_weight"].to_numpy()
+    )
 
 
 def test_noise_beta_with_embeddings_is_a_clear_error(scored, tmp_path):
@@ -120,12 +162,18 @@ def test_clip_retrieval_layout(tmp_path):
             img[3] = np.nan  # a broken vector becomes a status row
         np.save(root / "img_emb" / f"img_emb_{n}.npy", img.astype(np.float16))
         np.save(root / "text_emb" / f"text_emb_{n}.npy", txt.astype(np.float16))
-        pq.write_table(pa.table({"image_path": [f"p{n}_{i}" for i in range(rows)], "caption": ["c"] * rows}),
-                       root / "metadata" / f"metadata_{n}.parquet")
+        pq.write_table(
+            pa.table({"image_path": [f"p{n}_{i}" for i in range(rows)], "caption": ["c"] * rows}),
+            root / "metadata" / f"metadata_{n}.parquet",
+        )
     out = tmp_path / "w.parquet"
-    run_cli("score", "--embeddings", root, "--out", out, "--beta-source", "shuffled", "--no-progress")
+    run_cli(
+        "score", "--embeddings", root, "--out", out, "--beta-source", "shuffled", "--no-progress"
+    )
     t = pq.read_table(out)
-    assert len(t) == 50 and t["key"][0].as_py() == "p0_0" and set(t["shard"].to_pylist()) == {"0", "1"}
+    assert (
+        len(t) == 50 and t["key"][0].as_py() == "p0_0" and set(t["shard"].to_pylist()) == {"0", "1"}
+    )
     statuses = t["status"].to_pylist()
     assert statuses.count("bad_embedding") == 1 and statuses[30 + 3] == "bad_embedding"
     assert np.nanmean(t["cosine"].to_numpy(zero_copy_only=False)) > 0.5
@@ -137,16 +185,56 @@ def test_clip_retrieval_mismatched_rows_is_clear_error(tmp_path):
         (root / sub).mkdir(parents=True)
     np.save(root / "img_emb" / "img_emb_0.npy", np.ones((5, 4), np.float16))
     np.save(root / "text_emb" / "text_emb_0.npy", np.ones((4, 4), np.float16))
-    pq.write_table(pa.table({"image_path": list("abcde")}), root / "metadata" / "metadata_0.parquet")
-    proc = run_cli("score", "--embeddings", root, "--out", tmp_path / "o", "--beta", "0.1", "--no-progress", check=False)
-    assert proc.returncode == 3 and "row counts disagree" in proc.stderr and "Traceback" not in proc.stderr
+    pq.write_table(
+        pa.table({"image_path": list("abcde")}), root / "metadata" / "metadata_0.parquet"
+    )
+    proc = run_cli(
+        "score",
+        "--embeddings",
+        root,
+        "--out",
+        tmp_path / "o",
+        "--beta",
+        "0.1",
+        "--no-progress",
+        check=False,
+    )
+    assert (
+        proc.returncode == 3
+        and "row counts disagree" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
 
 
 def test_configuration_errors_are_one_line(tmp_path, tiny_ckpt, shard_dir):
     cases = [
         (["score", tmp_path / "nope", "--out", tmp_path / "o"], "shard not found"),
-        (["score", shard_dir, "--out", tmp_path / "o", "--model", "ViT-S-32-alt", "--pretrained", tiny_ckpt], "does not fit model"),
-        (["score", shard_dir, "--out", tmp_path / "o", "--model", TINY, "--pretrained", tmp_path / "missing.pt"], "checkpoint not found"),
+        (
+            [
+                "score",
+                shard_dir,
+                "--out",
+                tmp_path / "o",
+                "--model",
+                "ViT-S-32-alt",
+                "--pretrained",
+                tiny_ckpt,
+            ],
+            "does not fit model",
+        ),
+        (
+            [
+                "score",
+                shard_dir,
+                "--out",
+                tmp_path / "o",
+                "--model",
+                TINY,
+                "--pretrained",
+                tmp_path / "missing.pt",
+            ],
+            "checkpoint not found",
+        ),
         (["score", shard_dir, "--out", tmp_path / "o", "--methods", "osa,bogus"], "unknown method"),
     ]
     for args, needle in cases:
@@ -162,8 +250,20 @@ def test_unreadable_shard_is_named_and_rest_scored(tmp_path, shard_dir, tiny_ckp
     shutil.copy(sorted(shard_dir.glob("*.tar"))[0], d / "00000.tar")
     (d / "00001.tar").write_bytes(b"garbage, not a tar" * 100)
     (d / "00002.tar").write_bytes(b"")  # empty shard: zero rows, not an error
-    proc = run_cli("score", d, "--out", tmp_path / "o.parquet", "--model", TINY, "--pretrained", tiny_ckpt,
-                   "--workers", "0", "--no-progress", check=False)
+    proc = run_cli(
+        "score",
+        d,
+        "--out",
+        tmp_path / "o.parquet",
+        "--model",
+        TINY,
+        "--pretrained",
+        tiny_ckpt,
+        "--workers",
+        "0",
+        "--no-progress",
+        check=False,
+    )
     assert proc.returncode == 5 and "00001" in proc.stderr and "Traceback" not in proc.stderr
     assert len(pq.read_table(tmp_path / "o.parquet")) == 40
 
@@ -173,6 +273,18 @@ def test_nothing_scored_exits_nonzero(tmp_path, tiny_ckpt):
 
     p = tmp_path / "bad.tar"
     shapes.write_corrupt_samples(p, kinds=["truncated_jpeg", "not_an_image", "empty_caption"])
-    proc = run_cli("score", p, "--out", tmp_path / "o", "--model", TINY, "--pretrained", tiny_ckpt,
-                   "--workers", "0", "--no-progress", check=False)
+    proc = run_cli(
+        "score",
+        p,
+        "--out",
+        tmp_path / "o",
+        "--model",
+        TINY,
+        "--pretrained",
+        tiny_ckpt,
+        "--workers",
+        "0",
+        "--no-progress",
+        check=False,
+    )
     assert proc.returncode == 4 and "nothing could be scored" in proc.stderr

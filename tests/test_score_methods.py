@@ -4,9 +4,9 @@ shards, fit on a sample, determinism."""
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import run_cli
 
 from cleaner.synthetic import make_pair_mixture, write_embedding_dir
-from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -14,11 +14,26 @@ def mixture(tmp_path_factory):
     root = tmp_path_factory.mktemp("emb")
     image, text, noisy = make_pair_mixture(3000, dim=256, noise_fraction=0.3, n_clusters=24, seed=3)
     write_embedding_dir(root, image, text, shard_size=700)
-    return root, image.astype(np.float16).astype(np.float32), text.astype(np.float16).astype(np.float32), noisy
+    return (
+        root,
+        image.astype(np.float16).astype(np.float32),
+        text.astype(np.float16).astype(np.float32),
+        noisy,
+    )
 
 
 def _score(root, out, *extra):
-    run_cli("score", "--embeddings", root, "--out", out, "--beta-source", "shuffled", "--no-progress", *extra)
+    run_cli(
+        "score",
+        "--embeddings",
+        root,
+        "--out",
+        out,
+        "--beta-source",
+        "shuffled",
+        "--no-progress",
+        *extra,
+    )
     return pq.read_table(out).to_pandas()
 
 
@@ -86,7 +101,10 @@ def test_fit_on_sample_close_to_full_fit(full, mixture, tmp_path):
     from cleaner import schema as S
 
     meta = S.read_metadata(pq.read_schema(tmp_path / "s.parquet"))
-    assert 400 < meta["params"]["sdd"]["fit_rows"] < 800 and meta["params"]["sdd"]["fit_rows_total"] == 3000
+    assert (
+        400 < meta["params"]["sdd"]["fit_rows"] < 800
+        and meta["params"]["sdd"]["fit_rows_total"] == 3000
+    )
     dw = np.abs(sampled.sdd_w_con.to_numpy() - full.sdd_w_con.to_numpy())
     assert dw.mean() < 0.02 and dw.max() < 0.25
     dp = np.abs(sampled.sps_clean_prob.to_numpy() - full.sps_clean_prob.to_numpy())

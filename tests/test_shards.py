@@ -29,7 +29,9 @@ def test_expand_directory_glob_brace_list(shard_tree):
     names = [p.name for p in expand_shards(str(shard_tree))]
     assert names == ["data-000000.tar", "data-000001.tar", "data-000002.tar"]
     assert [p.name for p in expand_shards(str(shard_tree / "data-*.tar"))] == names
-    assert [p.name for p in expand_shards(str(shard_tree / "data-{000000..000001}.tar"))] == names[:2]
+    assert [p.name for p in expand_shards(str(shard_tree / "data-{000000..000001}.tar"))] == names[
+        :2
+    ]
     listed = [str(shard_tree / "data-000002.tar"), str(shard_tree / "data-000000.tar")]
     assert [p.name for p in expand_shards(listed)] == ["data-000002.tar", "data-000000.tar"]
 
@@ -60,15 +62,23 @@ def test_shard_stem():
 
 
 def test_read_groups_by_webdataset_key(tmp_path):
-    p = _tar(tmp_path / "s.tar", [("dir/a.jpg", b"A"), ("dir/a.txt", b"ta"), ("dir/b.seg.png", b"B"), ("dir/b.txt", b"tb")])
+    p = _tar(
+        tmp_path / "s.tar",
+        [("dir/a.jpg", b"A"), ("dir/a.txt", b"ta"), ("dir/b.seg.png", b"B"), ("dir/b.txt", b"tb")],
+    )
     samples = list(read_shard(p))
-    assert [s.key for s in samples] == ["dir/a", "dir/b"]  # key = path up to the first dot of the name
+    assert [s.key for s in samples] == [
+        "dir/a",
+        "dir/b",
+    ]  # key = path up to the first dot of the name
     assert samples[1].members == {"seg.png": b"B", "txt": b"tb"}
     assert [s.index for s in samples] == [0, 1]
 
 
 def test_non_contiguous_members_are_assembled(tmp_path):
-    p = _tar(tmp_path / "s.tar", [("a.jpg", b"A"), ("b.jpg", b"B"), ("a.txt", b"ta"), ("b.txt", b"tb")])
+    p = _tar(
+        tmp_path / "s.tar", [("a.jpg", b"A"), ("b.jpg", b"B"), ("a.txt", b"ta"), ("b.txt", b"tb")]
+    )
     samples = list(read_shard(p))
     assert [(s.key, sorted(s.members), s.problem) for s in samples] == [
         ("a", ["jpg", "txt"], None),
@@ -77,7 +87,10 @@ def test_non_contiguous_members_are_assembled(tmp_path):
 
 
 def test_duplicate_key_is_flagged_not_dropped(tmp_path):
-    p = _tar(tmp_path / "s.tar", [("a.jpg", b"A"), ("a.txt", b"1"), ("b.txt", b"2"), ("a.jpg", b"A2"), ("a.txt", b"3")])
+    p = _tar(
+        tmp_path / "s.tar",
+        [("a.jpg", b"A"), ("a.txt", b"1"), ("b.txt", b"2"), ("a.jpg", b"A2"), ("a.txt", b"3")],
+    )
     samples = list(read_shard(p))
     assert len(samples) == 3
     assert samples[2].key == "a" and samples[2].problem == "duplicate_key"

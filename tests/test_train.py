@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
+from conftest import TINY, run_cli
 
 from cleaner import shapes
 from cleaner.errors import InputError
 from cleaner.train import TrainConfig, retrieval_metrics, train
-from conftest import TINY, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -16,35 +16,108 @@ def scored(shard_dir, tiny_ckpt, tmp_path_factory):
     """A sidecar with permissive SDD/SPS thresholds, so a random estimator
     still leaves every method rows to train on."""
     out = tmp_path_factory.mktemp("train_sidecar") / "w.parquet"
-    run_cli("score", shard_dir, "--out", out, "--model", TINY, "--pretrained", tiny_ckpt, "--workers", "0",
-            "--no-progress", "--beta-samples", "16", "--sdd-alpha", "-50", "--sdd-beta-c", "-20", "--sps-eps1", "0.6")
+    run_cli(
+        "score",
+        shard_dir,
+        "--out",
+        out,
+        "--model",
+        TINY,
+        "--pretrained",
+        tiny_ckpt,
+        "--workers",
+        "0",
+        "--no-progress",
+        "--beta-samples",
+        "16",
+        "--sdd-alpha",
+        "-50",
+        "--sdd-beta-c",
+        "-20",
+        "--sps-eps1",
+        "0.6",
+    )
     return out
 
 
-@pytest.mark.parametrize("method,extra", [("none", {}), ("osa", {}), ("osa", {"osa_form": "code"}),
-                                          ("sdd", {}), ("sps", {}), ("filter", {"where": "sdd_keep and osa_weight >= 0"})])
+@pytest.mark.parametrize(
+    "method,extra",
+    [
+        ("none", {}),
+        ("osa", {}),
+        ("osa", {"osa_form": "code"}),
+        ("sdd", {}),
+        ("sps", {}),
+        ("filter", {"where": "sdd_keep and osa_weight >= 0"}),
+    ],
+)
 def test_pair_methods_train(method, extra, shard_dir, scored, tiny_ckpt, tmp_path):
-    cfg = TrainConfig(shards=[str(shard_dir)], out=str(tmp_path / method), sidecar=str(scored), method=method,
-                      eval_shards=[str(shard_dir / "00000.tar")], model=TINY, pretrained=str(tiny_ckpt),
-                      batch_size=16, max_steps=2, progress=False, **extra)
+    cfg = TrainConfig(
+        shards=[str(shard_dir)],
+        out=str(tmp_path / method),
+        sidecar=str(scored),
+        method=method,
+        eval_shards=[str(shard_dir / "00000.tar")],
+        model=TINY,
+        pretrained=str(tiny_ckpt),
+        batch_size=16,
+        max_steps=2,
+        progress=False,
+        **extra,
+    )
     before = {k: v.clone() for k, v in torch.load(tiny_ckpt).items()}
     history = train(cfg)
     assert history[-1]["steps"] == 2 and history[-1]["train_loss"] is not None
     assert {"i2t_R@1", "t2i_R@10", "rsum"} <= set(history[-1])
     saved = torch.load(tmp_path / method / "last.pt")
-    assert any(not torch.equal(saved[k], before[k]) for k in before if k in saved)  # it learned something
+    assert any(
+        not torch.equal(saved[k], before[k]) for k in before if k in saved
+    )  # it learned something
     metrics = json.loads((tmp_path / method / "metrics.json").read_text())
     assert metrics["config"]["method"] == method
 
 
 def test_train_cli_and_mismatched_sidecar(shard_dir, scored, tiny_ckpt, tmp_path):
-    proc = run_cli("train", shard_dir, "--sidecar", scored, "--method", "osa", "--max-steps", "1",
-                   "--batch-size", "16", "--model", TINY, "--pretrained", tiny_ckpt, "--out", tmp_path / "r", "--no-progress")
+    proc = run_cli(
+        "train",
+        shard_dir,
+        "--sidecar",
+        scored,
+        "--method",
+        "osa",
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "16",
+        "--model",
+        TINY,
+        "--pretrained",
+        tiny_ckpt,
+        "--out",
+        tmp_path / "r",
+        "--no-progress",
+    )
     assert "trained 1 epoch" in proc.stderr
     other = tmp_path / "other"
     shapes.write_shards(shapes.generate(20, seed=99), other, shard_size=20)
-    proc = run_cli("train", other, "--sidecar", scored, "--method", "osa", "--max-steps", "1",
-                   "--model", TINY, "--pretrained", tiny_ckpt, "--out", tmp_path / "r2", "--no-progress", check=False)
+    proc = run_cli(
+        "train",
+        other,
+        "--sidecar",
+        scored,
+        "--method",
+        "osa",
+        "--max-steps",
+        "1",
+        "--model",
+        TINY,
+        "--pretrained",
+        tiny_ckpt,
+        "--out",
+        tmp_path / "r2",
+        "--no-progress",
+        check=False,
+    )
     assert proc.returncode == 3 and "20 of 20 training samples have no row" in proc.stderr
 
 
@@ -64,17 +137,47 @@ def labelled(tmp_path_factory, tiny_ckpt):
     shapes.write_shards(noisy, root / "train", shard_size=60)
     shapes.write_shards(shapes.generate(40, seed=5), root / "test", shard_size=40)
     (root / "classes.txt").write_text("\n".join(shapes.SHAPES))
-    run_cli("score", root / "train", "--methods", "clipcleaner", "--classes", root / "classes.txt", "--folds", "2",
-            "--out", root / "sel.parquet", "--model", TINY, "--pretrained", tiny_ckpt, "--no-progress", "--workers", "0")
+    run_cli(
+        "score",
+        root / "train",
+        "--methods",
+        "clipcleaner",
+        "--classes",
+        root / "classes.txt",
+        "--folds",
+        "2",
+        "--out",
+        root / "sel.parquet",
+        "--model",
+        TINY,
+        "--pretrained",
+        tiny_ckpt,
+        "--no-progress",
+        "--workers",
+        "0",
+    )
     return root
 
 
 @pytest.mark.parametrize("method", ["none", "mixfix"])
 def test_classify(method, labelled, tiny_ckpt, tmp_path):
-    cfg = TrainConfig(shards=[str(labelled / "train")], out=str(tmp_path), sidecar=str(labelled / "sel.parquet"),
-                      method=method, task="classify", classes=str(labelled / "classes.txt"),
-                      eval_shards=[str(labelled / "test")], model=TINY, pretrained=str(tiny_ckpt), epochs=2,
-                      batch_size=16, lr=1e-2, progress=False, theta_r=0.3, theta_r2=0.4)
+    cfg = TrainConfig(
+        shards=[str(labelled / "train")],
+        out=str(tmp_path),
+        sidecar=str(labelled / "sel.parquet"),
+        method=method,
+        task="classify",
+        classes=str(labelled / "classes.txt"),
+        eval_shards=[str(labelled / "test")],
+        model=TINY,
+        pretrained=str(tiny_ckpt),
+        epochs=2,
+        batch_size=16,
+        lr=1e-2,
+        progress=False,
+        theta_r=0.3,
+        theta_r2=0.4,
+    )
     history = train(cfg)
     assert len(history) == 2 and 0 <= history[-1]["accuracy"] <= 100
     if method == "mixfix":
@@ -83,7 +186,15 @@ def test_classify(method, labelled, tiny_ckpt, tmp_path):
 
 
 def test_nothing_selected_is_clear(shard_dir, scored, tiny_ckpt, tmp_path):
-    cfg = TrainConfig(shards=[str(shard_dir)], out=str(tmp_path), sidecar=str(scored), method="filter",
-                      where="osa_weight > 5", model=TINY, pretrained=str(tiny_ckpt), progress=False)
+    cfg = TrainConfig(
+        shards=[str(shard_dir)],
+        out=str(tmp_path),
+        sidecar=str(scored),
+        method="filter",
+        where="osa_weight > 5",
+        model=TINY,
+        pretrained=str(tiny_ckpt),
+        progress=False,
+    )
     with pytest.raises(InputError, match="training rows"):
         train(cfg)

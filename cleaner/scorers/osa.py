@@ -48,7 +48,9 @@ class OSAScorer:
 
     name = "osa"
 
-    def __init__(self, beta: float | BetaEstimate | None = None, n_shuffled: int = 10_000, seed: int = 0):
+    def __init__(
+        self, beta: float | BetaEstimate | None = None, n_shuffled: int = 10_000, seed: int = 0
+    ):
         self.beta = BetaEstimate.manual(beta) if isinstance(beta, (int, float)) else beta
         self.n_shuffled = n_shuffled
         self.seed = seed
