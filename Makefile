@@ -38,7 +38,7 @@ test: $(DEVSTAMP)
 
 ## demo: generate a small noisy dataset, score it with a tiny local model, print the summary
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/nclean demo --out demo_out
+	HF_HUB_OFFLINE=1 $(BIN)/nclean demo --out demo_out --cache-dir .cache/nclean
 
 ## bench: run every benchmark and rewrite benchmarks/RESULTS.md
 bench: $(BENCHSTAMP)

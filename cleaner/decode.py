@@ -118,7 +118,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
-    return img.convert("RGB")
+    # convert() copies even RGB -> RGB; skip it
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None):
@@ -142,7 +143,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: 
             if draft_size and img.format == "JPEG":
                 img.draft("RGB", (draft_size, draft_size))
             img.load()
-            img = ImageOps.exif_transpose(img)
+            # in place: without an orientation tag this would copy the whole image
+            ImageOps.exif_transpose(img, in_place=True)
             return _to_rgb(img), None, None
     except Image.DecompressionBombError as exc:
         return None, "image_too_large", str(exc)[:200]
