@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smaller sets and fewer epochs")
     args = ap.parse_args()
     started = time.time()
-    n_train, n_test, epochs = (1500, 500, 3) if args.quick else (4000, 1000, 6)
+    n_train, n_test, epochs = (1500, 500, 3) if args.quick else (5000, 1000, 6)
     ckpt = pretrained_estimator(HERE.parent / ".cache" / "nclean")
     info = estimator_info(ckpt)
     root = _sets(n_train, n_test)
@@ -82,8 +82,15 @@ def main() -> None:
     # one scoring pass per train set
     pair_side = root / "pairs.parquet"
     if not pair_side.exists():
+        from pipelines.methods import MethodSettings
+
+        # SPS with the paper's eps1 = 0.99 leaves no reliable pair with this
+        # estimator (its clean posterior tops out near 0.98; see the detection
+        # benchmark), and SPS cannot train without reliable pairs: use the
+        # released code's eps1 = 0.6 here, and say so in the results.
         run_score(ScoreJob(out=str(pair_side), shards=[str(root / "pairs_train")], estimator=est,
-                           settings=ScoreSettings(methods=["osa", "sdd", "sps"]), workers=1, progress=False))
+                           settings=ScoreSettings(methods=["osa", "sdd", "sps"], method=MethodSettings(sps_eps1=0.6)),
+                           workers=1, progress=False))
     label_side = root / "labels.parquet"
     if not label_side.exists():
         from pipelines.methods import MethodSettings
@@ -149,7 +156,12 @@ def main() -> None:
         f"Target model: `{DEFAULT_MODEL}` from random init, {epochs} epochs, batch 128, AdamW lr 2e-3, on "
         f"{n_train} shapes-world pairs with 50% of captions shuffled; test: {n_test} clean held-out pairs. "
         f"Sidecar from the pre-trained estimator `{ckpt.name}` (its own held-out R@1: i2t "
-        f"{held['i2t_R@1']:.1f}%, t2i {held['t2i_R@1']:.1f}%). The top-30% filter keeps cosine >= {top30:.4f}.\n\n"
+        f"{held['i2t_R@1']:.1f}%, t2i {held['t2i_R@1']:.1f}%). The top-30% filter keeps cosine >= {top30:.4f}. "
+        "SPS is scored with the released code's eps1 = 0.6 (the paper's 0.99 leaves no reliable pair with this "
+        "estimator). "
+        + ("**Quick mode: the training budget is far too small for the target model to learn; these figures only "
+           "show that every method runs.** " if args.quick else "")
+        + "\n\n"
         + md_table(["run", "train rows", "i2t R@1 %", "t2i R@1 %", "rSum", "seconds"], rows)
         + f"\nBest cleaned run: **{best}**, mean R@1 {cleaned[best]:.2f} vs oracle {oracle_r1:.2f} "
         f"(gap {gap_oracle:.2f} points; target <= 2: {'met' if gap_oracle <= 2 else 'missed'}) and vs none "

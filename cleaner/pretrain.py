@@ -5,29 +5,40 @@ mismatched one, so detection figures made with it sit at chance. The
 benchmarks (and ``nclean demo``) need an estimator that *knows* the shapes
 world the way CLIP knows photographs: this module pre-trains a small
 config contrastively (plain symmetric InfoNCE, :func:`cleaner.train.train`
-with ``method='none'``) on CLEAN pairs of the ``default`` domain, generated
-from seeds no benchmark uses, and evaluates zero-shot retrieval on held-out
-clean pairs of both domains.
+with ``method='none'``) on CLEAN pairs of the ``default`` domain -- half of
+them single-object scenes, half the usual one to three objects -- generated
+from seeds no benchmark uses, then evaluates it on held-out clean data:
+zero-shot retrieval (R@1/5/10 both ways) in both domains, and zero-shot
+shape classification of single-object images.
 
 The checkpoint lands in ``cache_dir`` (``.cache/nclean`` by default,
 git-ignored) under a name that encodes every setting, with a JSON of the
-settings and the held-out R@1/R@5 both ways next to it; a later call with
-the same settings returns the cached file at once. A file lock makes
-concurrent callers (two benchmarks at once) train it only once.
+settings and the held-out metrics next to it; a later call with the same
+settings returns the cached file at once. A file lock makes concurrent
+callers (two benchmarks at once) train it only once.
 
-Which config: ``nclean-small`` is ``nclean-tiny`` with 8-pixel patches
-(64 image tokens instead of 16; same widths and depths, same parameter
-count but the position embeddings). With the same recipe (4000 pairs, 6
-epochs, lr 2e-3, batch 128, one CPU thread) the tiny config reached
-held-out R@1 i2t 2.0% / t2i 1.0% and the small one 6.4% / 4.3%, at about the
-same step time: 16-pixel patches are too coarse for the small shapes. The
-default recipe (8000 pairs, 8 epochs, lr 3e-3) takes about 4 minutes on one
-busy CPU core and gives about 22% / 17% R@1 (R@5 about 50%) on 1000
-held-out pairs, where chance is 0.1%.
+Why ``nclean-small`` and this data (measured on 2 busy CPU cores, one
+torch thread; shape accuracy = zero-shot "a large {colour} {shape}" on
+single-object images, chance 12.5%):
+
+- ``nclean-tiny`` (ViT, 16-pixel patches) after 4000 pairs x 6 epochs:
+  held-out R@1 i2t 2.0% / t2i 1.0%. The same ViT with 8-pixel patches:
+  6.4% / 4.3%, and after 8000 x 8 epochs 21.8% / 16.7% -- but its image
+  embedding carried no shape at all (shape accuracy 12%, a linear probe
+  15%): colour, position and background already tell the pairs of a batch
+  apart, and the contrastive loss never asks for the harder feature. Even
+  8000 x 16 epochs at batch 512 left shape at chance.
+- ``nclean-small`` swaps the image tower for a small ModifiedResNet
+  (open_clip's RN layout, width 16, one block per stage; 1.3 M image
+  parameters, same text tower): after 8000 x 6 epochs R@1 on 500 pairs
+  61% vs 28% for the ViT after 16 epochs, shape accuracy 27%.
+- Making half the data single-object scenes (where more in-batch
+  negatives share colour and position, so only the shape tells them
+  apart) raised shape accuracy to 44% at the same cost.
 
 Typical use::
 
-    from cleaner.pretrain import pretrained_estimator
+    from cleaner.pretrain import DEFAULT_MODEL, pretrained_estimator
     ckpt = pretrained_estimator()          # minutes the first time, then instant
     ScoreJob(..., estimator=EstimatorSpec(model=DEFAULT_MODEL, pretrained=str(ckpt)))
 """
@@ -42,14 +53,18 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 # Bump when the recipe changes in a way the file name does not show
 # (data generation, evaluation, the training loop's defaults).
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 # Generator seeds of the pre-training data, far from the small seeds that
 # benchmarks and tests use, so no benchmark sample was seen in training.
 TRAIN_SEED_BASE = 1_000_000
 EVAL_SEED_BASE = 2_000_000
+SINGLE_SEED_OFFSET = 500_000  # the single-object half uses its own seed (distinct keys)
+SINGLE_FRACTION = 0.5
 
 DEFAULT_MODEL = "nclean-small"
 DEFAULT_SAMPLES = 8000
@@ -100,11 +115,58 @@ def _torch_threads(n: int | None):
         torch.set_num_threads(before)
 
 
-def _write_clean_shards(out: Path, n: int, seed: int, domain: str) -> list[str]:
+def _write_clean_shards(
+    out: Path, n: int, seed: int, domain: str, single_fraction: float = 0.0
+) -> list[str]:
+    """``n`` clean pairs: ``single_fraction`` of them single-object scenes
+    (seed ``seed + SINGLE_SEED_OFFSET``), the rest 1-3 objects (``seed``)."""
     from . import shapes
 
-    samples = shapes.iter_samples(n, seed=seed, domain=domain)
-    return shapes.write_shards(samples, out, shard_size=1000)
+    n_single = int(round(single_fraction * n))
+    paths = []
+    if n_single:
+        singles = shapes.iter_samples(
+            n_single, seed=seed + SINGLE_SEED_OFFSET, domain=domain, max_objects=1
+        )
+        paths += shapes.write_shards(singles, out, shard_size=1000, prefix="single-")
+    if n - n_single:
+        mixed = shapes.iter_samples(n - n_single, seed=seed, domain=domain)
+        paths += shapes.write_shards(mixed, out, shard_size=1000, prefix="scene-")
+    return paths
+
+
+def shape_prompts() -> tuple[list[str], np.ndarray]:
+    """Zero-shot prompts for the shape classes in the estimator's own words:
+    "a large {colour} {shape}" for every colour, grouped by class
+    (:data:`cleaner.shapes.SHAPES` order); returns (texts, class of each)."""
+    from .shapes import COLOURS, SHAPES
+
+    texts = [f"a large {c} {s}" for s in SHAPES for c in COLOURS]
+    return texts, np.repeat(np.arange(len(SHAPES)), len(COLOURS))
+
+
+def shape_zero_shot_accuracy(checkpoint: str | Path, model: str, n: int, seed: int) -> float:
+    """Zero-shot shape accuracy (%) on ``n`` clean single-object images of the
+    default domain: CLIPCleaner's zero-shot rule (sum over a class's
+    prompts of exp(cos / 0.07)) with :func:`shape_prompts`."""
+    import torch
+
+    from . import shapes
+    from .estimator import load_estimator
+    from .scorers.clipcleaner import zero_shot_probs
+
+    est = load_estimator(model, str(checkpoint), "cpu", precision="fp32")
+    samples = shapes.generate(n, seed=seed, max_objects=1)
+    pixels = torch.stack(
+        [torch.from_numpy(np.array(est.pil_transform(s["image"]))) for s in samples]
+    )
+    image = torch.cat(
+        [est.encode_images(est.normalise_uint8(pixels[i : i + 256])) for i in range(0, n, 256)]
+    ).numpy()
+    texts, cop = shape_prompts()
+    prompt = est.encode_text(torch.as_tensor(est.tokenizer(texts))).numpy()
+    pred = zero_shot_probs(image, prompt, cop, n_classes=len(shapes.SHAPES)).argmax(1)
+    return float(100 * np.mean(pred == np.array([s["label"] for s in samples])))
 
 
 def held_out_retrieval(checkpoint: str | Path, model: str, shard_dir: str | Path) -> dict:
@@ -163,9 +225,9 @@ def pretrained_estimator(
     -------
     Path of the ``.pt`` state dict (load it with
     ``load_estimator(model, str(path))``). ``<same stem>.json`` beside it
-    holds the settings, the wall time and ``heldout`` (default domain) /
-    ``heldout_shifted`` retrieval metrics: ``i2t_R@1``, ``t2i_R@1``, ...
-    in percent.
+    holds the settings, the wall time, ``heldout`` (default domain) /
+    ``heldout_shifted`` retrieval metrics (``i2t_R@1``, ``t2i_R@1``, ...
+    in percent) and ``shape_zero_shot_accuracy`` (percent).
     """
     from .estimator import resolve_model_name
     from .train import TrainConfig, _atomic_json, train
@@ -190,7 +252,7 @@ def pretrained_estimator(
             progress,
             f"pre-training {model} on {samples} clean shapes-world pairs ({epochs} epochs) ...",
         )
-        _write_clean_shards(train_dir, samples, TRAIN_SEED_BASE + seed, "default")
+        _write_clean_shards(train_dir, samples, TRAIN_SEED_BASE + seed, "default", SINGLE_FRACTION)
         _write_clean_shards(eval_dir, eval_samples, EVAL_SEED_BASE + seed, "default")
         _write_clean_shards(shifted_dir, eval_samples, EVAL_SEED_BASE + seed, "shifted")
         steps = epochs * (samples // batch_size)
@@ -218,6 +280,9 @@ def pretrained_estimator(
             shutil.copyfile(work / "run" / "last.pt", tmp)
             heldout = held_out_retrieval(tmp, model, eval_dir)
             shifted = held_out_retrieval(tmp, model, shifted_dir)
+            shape_acc = shape_zero_shot_accuracy(
+                tmp, model, eval_samples, EVAL_SEED_BASE + SINGLE_SEED_OFFSET + seed
+            )
         info = {
             "checkpoint": ckpt.name,
             "model": Path(model).stem if model.endswith(".json") else model,
@@ -233,10 +298,12 @@ def pretrained_estimator(
                 "train_data_seed": TRAIN_SEED_BASE + seed,
                 "eval_data_seed": EVAL_SEED_BASE + seed,
                 "domain": "default",
+                "single_object_fraction": SINGLE_FRACTION,
                 "eval_samples": eval_samples,
             },
             "heldout": heldout,
             "heldout_shifted": shifted,
+            "shape_zero_shot_accuracy": shape_acc,
             "train_seconds": round(train_s, 1),
             "total_seconds": round(time.time() - started, 1),
             "history": history,
@@ -248,7 +315,8 @@ def pretrained_estimator(
             progress,
             f"pre-trained {ckpt.name} in {info['total_seconds']:.0f} s: held-out R@1 "
             f"i2t {heldout['i2t_R@1']:.1f}% t2i {heldout['t2i_R@1']:.1f}% "
-            f"(shifted domain {shifted['i2t_R@1']:.1f}% / {shifted['t2i_R@1']:.1f}%)",
+            f"(shifted domain {shifted['i2t_R@1']:.1f}% / {shifted['t2i_R@1']:.1f}%), "
+            f"zero-shot shape accuracy {shape_acc:.1f}%",
         )
     return ckpt
 
@@ -263,4 +331,12 @@ def _log(progress: bool, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-__all__ = ["checkpoint_name", "estimator_info", "held_out_retrieval", "pretrained_estimator"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "checkpoint_name",
+    "estimator_info",
+    "held_out_retrieval",
+    "pretrained_estimator",
+    "shape_prompts",
+    "shape_zero_shot_accuracy",
+]

@@ -85,3 +85,9 @@ def test_noise_beta_is_seeded(tiny_ckpt):
 
 def test_manual_beta():
     assert BetaEstimate.manual(0.3).to_dict()["source"] == "manual"
+
+
+def test_negative_beta_never_gives_negative_weights():
+    w = osa_weight(np.array([-0.2, 0.0, 0.5, 0.69, 0.71, 0.95]), beta=-0.3)
+    assert (w >= 0).all()
+    assert w[0] > 0 and w[-1] == 0  # d = 1.25 > 1: clamped, not negative

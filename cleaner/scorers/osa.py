@@ -5,7 +5,14 @@ With d = s(x, y) - beta in cosine units, the paper's weight is
     w = d^2 * (1 - d)   if d > 0,   else 0,
 
 a cubic that peaks at d = 2/3 with value 4/27. ``osa_weight`` keeps it as
-is; ``osa_weight_norm`` = w / (4/27) lies in [0, 1]. The released code's
+is; ``osa_weight_norm`` = w / (4/27) lies in [0, 1].
+
+The cubic is meant for beta >= 0, where d <= 1 - beta <= 1. An estimator
+whose noise beta is negative (seen with the shapes-world estimator) would
+give pairs with d > 1 -- the *best* matches -- a negative weight, which a
+trainer would turn into pushing matched pairs apart. We clamp the weight at
+0 (as :func:`cleaner.losses.osa_weight_paper` does) and the pipeline warns
+when beta < 0; ``cosine`` is always there for a rule of your own. The released code's
 per-batch form (d divided by the batch's largest d) is a training-time
 choice and lives in :mod:`cleaner.losses`, not here: a sample's offline
 score must not depend on its batch.
@@ -31,7 +38,7 @@ def osa_weight(cosine: np.ndarray, beta: float) -> np.ndarray:
     """
     d = np.asarray(cosine, dtype=np.float64) - float(beta)
     w = np.where(d > 0, d * d * (1.0 - d), 0.0)
-    return w.astype(np.float32)
+    return np.maximum(w, 0.0).astype(np.float32)  # d > 1 (beta < 0): 0, never negative
 
 
 class OSAScorer:
