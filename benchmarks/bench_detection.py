@@ -789,7 +789,7 @@ def main() -> None:
     )
     path = write_section(
         "detection",
-        "Detection quality (shapes world, pre-trained tiny estimator)",
+        "Detection quality (shapes world, pre-trained small estimator)",
         "\n".join(body),
         started,
         cmd,

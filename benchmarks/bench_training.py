@@ -96,6 +96,11 @@ def main() -> None:
         run_score(ScoreJob(out=str(pair_side), shards=[str(root / "pairs_train")], estimator=est,
                            settings=ScoreSettings(methods=["osa", "sdd", "sps"], method=MethodSettings(sps_eps1=0.6)),
                            workers=1, progress=False))
+    # OSA with the other beta construction, from the same embeddings (no re-embedding)
+    pair_side_shuffled = root / "pairs_shuffled_beta.parquet"
+    if not pair_side_shuffled.exists():
+        run_score(ScoreJob(out=str(pair_side_shuffled), embeddings=str(root / "pairs.parts" / "_nclean" / "embeddings"),
+                           settings=ScoreSettings(methods=["osa"], beta_source="shuffled"), progress=False))
     label_side = root / "labels.parquet"
     if not label_side.exists():
         from pipelines.methods import MethodSettings
@@ -112,6 +117,7 @@ def main() -> None:
     runs = {
         "none": {"method": "none"},
         "osa": {"method": "osa", "osa_form": "paper-norm"},
+        "osa (shuffled beta)": {"method": "osa", "osa_form": "paper-norm", "sidecar": pair_side_shuffled},
         "sdd": {"method": "sdd"},
         "sps": {"method": "sps"},
         "top-30% CLIP score": {"method": "filter", "where": f"cosine >= {top30!r}"},
@@ -121,7 +127,7 @@ def main() -> None:
     for name, extra in runs.items():
         t0 = time.time()
         cfg = TrainConfig(
-            shards=[str(root / "pairs_train")], out=str(WORK / "runs" / name.split()[0]),
+            shards=[str(root / "pairs_train")], out=str(WORK / "runs" / name.replace(" ", "_")),
             sidecar=str(extra.pop("sidecar", pair_side)), eval_shards=[str(root / "test")],
             model=DEFAULT_MODEL, pretrained=None, device="cpu", epochs=epochs, batch_size=128, lr=2e-3,
             weight_decay=0.1, warmup_steps=10, seed=0, progress=False, **extra,
