@@ -76,8 +76,14 @@ def default_nlist(n: int) -> int:
 
 
 def default_nprobe(nlist: int) -> int:
-    """Lists scanned per query: ``2 * ceil(sqrt(nlist))``, at most ``nlist``."""
-    return max(1, min(nlist, 2 * math.ceil(math.sqrt(nlist))))
+    """Lists scanned per query: ``ceil(sqrt(nlist))``, at most ``nlist``.
+
+    Measured on 100k clustered 512-d vectors (nlist 1265): recall@1 against
+    exact search 1.0 at 2*sqrt (72 lists), 0.9998 at sqrt (36), 0.987 at
+    sqrt/2 (18), 0.75 at 8; search time halves with each halving. sqrt keeps
+    recall well above the 0.95 we require at half the cost; every job
+    measures and records its own recall anyway."""
+    return max(1, min(nlist, math.ceil(math.sqrt(nlist))))
 
 
 class NeighborIndex:
