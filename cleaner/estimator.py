@@ -264,12 +264,13 @@ def save_random_checkpoint(model: str, path: str | Path, seed: int = 0) -> Path:
     net = open_clip.create_model(name, pretrained=None)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+    from .atomic import atomic_path
 
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    else:
-        torch.save(net.state_dict(), tmp)
-    tmp.replace(path)
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
+        else:
+            torch.save(net.state_dict(), tmp)
     return path

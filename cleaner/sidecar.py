@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import schema as S
+from .atomic import atomic_path
 
 
 def build_part(
@@ -77,12 +78,8 @@ def _full_column(field: pa.Field, values: np.ndarray, ok: np.ndarray, fill) -> p
 
 
 def atomic_write_table(table: pa.Table, path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
 
 
 def part_is_valid(path: str | Path, expect: dict | None = None) -> bool:

@@ -24,9 +24,7 @@ MixFix on CLIPCleaner selections (or plain CE on all labels with
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +35,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import losses as L
+from .atomic import atomic_path, write_json
 from .decode import SampleSpec
 from .embed import iter_prepared
 from .errors import ConfigError, InputError
@@ -219,15 +218,12 @@ def _lr_at(step: int, cfg: TrainConfig, total: int) -> float:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _atomic_json(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=float))
-    os.replace(tmp, path)
+    write_json(path, obj)
 
 
 # ---------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from cleaner.atomic import atomic_path
 from cleaner.embcache import EmbeddingCache
 from cleaner.errors import ConfigError, InputError
 from cleaner.neighbors import NeighborIndex
@@ -161,9 +162,8 @@ def fit_clipcleaner(
     params["n_prompts"] = len(texts)
     if scorer.oof_ is not None:
         path = state_dir / "clipcleaner_oof.npz"
-        tmp = state_dir / ".clipcleaner_oof.tmp.npz"
-        np.savez(tmp, **scorer.oof_)
-        tmp.replace(path)
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, **scorer.oof_)
         params["oof_file"] = path.name
         params["oof_sha1"] = hashlib.sha1(path.read_bytes()).hexdigest()
     return params

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from cleaner import __version__, faults
 from cleaner import schema as S
+from cleaner.atomic import atomic_path, write_json
 from cleaner.beta import (
     DEFAULT_NOISE_K,
     DEFAULT_SHUFFLED_K,
@@ -231,9 +232,8 @@ def _prompt_encoder(job: ScoreJob, state_dir: Path):
             tokens = est.tokenizer(texts[i : i + 256])
             out.append(est.encode_text(torch.as_tensor(tokens)).cpu().numpy())
         emb = np.concatenate(out).astype(np.float32)
-        tmp = state_dir / f".prompt_emb_{digest}.tmp.npy"
-        np.save(tmp, emb)
-        tmp.replace(path)
+        with atomic_path(path, suffix=".npy") as tmp:
+            np.save(tmp, emb)
         return emb
 
     return encode
@@ -298,9 +298,7 @@ def _load_or_fit(
             )
     fit = _fit(job, cache, stems)
     fit["inputs"] = stems
-    tmp = layout.fit_path.with_name(".fit.json.tmp")
-    tmp.write_text(json.dumps(fit, sort_keys=True, indent=1))
-    tmp.replace(layout.fit_path)
+    write_json(layout.fit_path, fit)
     return fit
 
 
@@ -416,11 +414,7 @@ def run_score(job: ScoreJob) -> ScoreSummary:
         )
         base_meta["neighbors"] = indexes.describe()
         if base_meta["neighbors"]:  # kept for the merge of a later no-op run
-            tmp = layout.state_dir / ".neighbors.json.tmp"
-            tmp.write_text(
-                json.dumps(base_meta["neighbors"], indent=1, sort_keys=True, default=str)
-            )
-            tmp.replace(layout.state_dir / "neighbors.json")
+            write_json(layout.state_dir / "neighbors.json", base_meta["neighbors"])
         phase("transform")
         bar = tqdm(
             total=len(todo),
