@@ -80,9 +80,9 @@ def default_nprobe(nlist: int) -> int:
 
     Measured on 100k clustered 512-d vectors (nlist 1265): recall@1 against
     exact search 1.0 at 2*sqrt (72 lists), 0.9998 at sqrt (36), 0.987 at
-    sqrt/2 (18), 0.75 at 8; search time halves with each halving. sqrt keeps
-    recall well above the 0.95 we require at half the cost; every job
-    measures and records its own recall anyway."""
+    sqrt/2 (18), 0.75 at 8 (benchmarks/nprobe_sweep.py); search time halves
+    with each halving. sqrt keeps recall well above the 0.95 we require at
+    half the cost; every job measures and records its own recall anyway."""
     return max(1, min(nlist, math.ceil(math.sqrt(nlist))))
 
 

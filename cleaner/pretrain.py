@@ -229,8 +229,9 @@ def pretrained_estimator(
     ``heldout_shifted`` retrieval metrics (``i2t_R@1``, ``t2i_R@1``, ...
     in percent) and ``shape_zero_shot_accuracy`` (percent).
     """
+    from .atomic import write_json
     from .estimator import resolve_model_name
-    from .train import TrainConfig, _atomic_json, train
+    from .train import TrainConfig, train
 
     if samples < batch_size:
         raise ValueError(f"samples ({samples}) must be at least batch_size ({batch_size})")
@@ -309,7 +310,7 @@ def pretrained_estimator(
             "history": history,
         }
         os.replace(tmp, ckpt)
-        _atomic_json(info, meta_path)
+        write_json(meta_path, info)
         shutil.rmtree(work, ignore_errors=True)
         _log(
             progress,

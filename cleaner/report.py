@@ -22,7 +22,6 @@ import csv
 import html
 import io
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import schema as S
+from .atomic import atomic_path, write_text
 from .errors import ConfigError, InputError
 
 MAX_SAMPLE_ROWS = 2_000_000
@@ -682,9 +682,8 @@ def _figure(nrows: int = 1, height: float = 3.4, width: float = 7.2, sharex: boo
 
 def _save(fig, out_dir: Path, name: str) -> str:
     """Write a PNG atomically (temp file in the same folder, then rename)."""
-    tmp = out_dir / f".{name}.tmp"
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, out_dir / name)
+    with atomic_path(out_dir / name) as tmp:
+        fig.savefig(tmp, format="png")
     return name
 
 
@@ -1166,12 +1165,6 @@ def render_html(d: ReportData, figs: dict[str, str | None], shards_csv: str | No
     )
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _shards_csv(d: ReportData) -> str:
     t = shard_table(d, None)
     buf = io.StringIO()
@@ -1225,7 +1218,7 @@ def build_report(
     for name, draw in FIGURES.items():
         if all(m in d.methods for m in FIGURE_METHODS.get(name, ())):
             figs[name] = draw(d, out)
-    _atomic_write_text(out / "shards.csv", _shards_csv(d))
+    write_text(out / "shards.csv", _shards_csv(d))
     index = out / "index.html"
-    _atomic_write_text(index, render_html(d, figs, "shards.csv"))
+    write_text(index, render_html(d, figs, "shards.csv"))
     return index

@@ -264,6 +264,7 @@ def _read_streaming(
                     continue
                 split = _split_name(info.name)
                 if split is None:
+                    report.warnings.append(f"member without extension skipped: {info.name!r}")
                     continue
                 key, ext = split
                 if current is None or key != current.key:

@@ -222,10 +222,6 @@ def _atomic_save(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def _atomic_json(obj, path: Path) -> None:
-    write_json(path, obj)
-
-
 # ---------------------------------------------------------------------------
 # the pair-training methods: each turns a batch of row indices into a loss
 
@@ -455,9 +451,9 @@ def train(cfg: TrainConfig) -> list[dict]:
         history.append(record)
         _atomic_save(model.net.state_dict(), out / f"epoch_{epoch:03d}.pt")
         _atomic_save(model.net.state_dict(), out / "last.pt")
-        _atomic_json(
-            {"config": asdict(cfg), "epochs": history, "skipped": split.skipped},
+        write_json(
             out / "metrics.json",
+            {"config": asdict(cfg), "epochs": history, "skipped": split.skipped},
         )
         if step >= total:
             break
@@ -551,5 +547,5 @@ def train_classifier(cfg: TrainConfig) -> list[dict]:
             record["accuracy"] = float((pred[valid] == evals.labels[valid]).mean() * 100)
         history.append(record)
         _atomic_save(head.state_dict(), out / "head_last.pt")
-        _atomic_json({"config": asdict(cfg), "epochs": history}, out / "metrics.json")
+        write_json(out / "metrics.json", {"config": asdict(cfg), "epochs": history})
     return history

@@ -41,7 +41,6 @@ while copying).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -54,6 +53,7 @@ import pyarrow as pa
 import webdataset as wds
 from tqdm import tqdm
 
+from cleaner.atomic import atomic_path, write_json
 from cleaner.errors import ConfigError, InputError
 from cleaner.schema import SchemaError
 from cleaner.shards import ShardReadError, ShardReport, expand_shards, read_shard
@@ -167,23 +167,13 @@ def write_keep_list(uids: list[str], copies: np.ndarray, path: str | Path) -> in
     records.sort()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:  # a file object: np.save would append .npy to a bare name
-        np.save(fh, records)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, records)
     return len(records)
 
 
 def _atomic_json(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_json(path, obj, indent=2)
 
 
 # --------------------------------------------------------------------------
