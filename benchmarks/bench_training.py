@@ -2,7 +2,7 @@
 
 Shapes world, 50% of captions shuffled. The sidecar comes from the
 pre-trained estimator (cleaner.pretrain). The same target model (the small
-shapes config, random init, same seed, same steps budget per epoch) is then
+shapes config, random init, same seed, the same number of updates) is then
 trained with ``nclean train`` under:
 
     none / osa / sdd / sps / top-30% CLIP-score filter / oracle (clean pairs only)
@@ -84,8 +84,11 @@ def main() -> None:
     root = _sets(n_train, n_test)
     est = EstimatorSpec(model=DEFAULT_MODEL, pretrained=str(ckpt), device="cpu")
 
-    # one scoring pass per train set
-    pair_side = root / "pairs.parquet"
+    # one scoring pass per train set and estimator (the sidecars are only
+    # reused when the same checkpoint made them)
+    sides = root / ckpt.stem
+    sides.mkdir(exist_ok=True)
+    pair_side = sides / "pairs.parquet"
     if not pair_side.exists():
         from pipelines.methods import MethodSettings
 
@@ -97,11 +100,11 @@ def main() -> None:
                            settings=ScoreSettings(methods=["osa", "sdd", "sps"], method=MethodSettings(sps_eps1=0.6)),
                            workers=1, progress=False))
     # OSA with the other beta construction, from the same embeddings (no re-embedding)
-    pair_side_shuffled = root / "pairs_shuffled_beta.parquet"
+    pair_side_shuffled = sides / "pairs_shuffled_beta.parquet"
     if not pair_side_shuffled.exists():
-        run_score(ScoreJob(out=str(pair_side_shuffled), embeddings=str(root / "pairs.parts" / "_nclean" / "embeddings"),
+        run_score(ScoreJob(out=str(pair_side_shuffled), embeddings=str(sides / "pairs.parts" / "_nclean" / "embeddings"),
                            settings=ScoreSettings(methods=["osa"], beta_source="shuffled"), progress=False))
-    label_side = root / "labels.parquet"
+    label_side = sides / "labels.parquet"
     if not label_side.exists():
         from pipelines.methods import MethodSettings
 
@@ -109,8 +112,8 @@ def main() -> None:
                            settings=ScoreSettings(methods=["clipcleaner"],
                                                   method=MethodSettings(cc_classes=str(root / "classes.txt"))),
                            workers=1, progress=False))
-    pair_oracle = _with_oracle(pair_side, np.load(root / "pairs_noisy.npy"), root / "pairs_oracle.parquet")
-    label_oracle = _with_oracle(label_side, np.load(root / "labels_noisy.npy"), root / "labels_oracle.parquet")
+    pair_oracle = _with_oracle(pair_side, np.load(root / "pairs_noisy.npy"), sides / "pairs_oracle.parquet")
+    label_oracle = _with_oracle(label_side, np.load(root / "labels_noisy.npy"), sides / "labels_oracle.parquet")
     cos = pq.read_table(pair_side, columns=["cosine"])["cosine"].to_numpy(zero_copy_only=False)
     top30 = float(np.nanquantile(cos, 0.7))
 
@@ -123,20 +126,25 @@ def main() -> None:
         "top-30% CLIP score": {"method": "filter", "where": f"cosine >= {top30!r}"},
         "oracle (clean only)": {"method": "filter", "where": "oracle_clean", "sidecar": pair_oracle},
     }
+    # Equal compute (DataComp's fixed samples-seen): every run makes the
+    # updates the unfiltered set gets in `epochs` epochs; a filtered set
+    # repeats its rows. (Equal epochs would hand the full set twice the
+    # updates of a 50% subset and confound cleaning with training length.)
+    budget = epochs * (n_train // 128)
     rows, results = [], {}
     for name, extra in runs.items():
         t0 = time.time()
         cfg = TrainConfig(
             shards=[str(root / "pairs_train")], out=str(WORK / "runs" / name.replace(" ", "_")),
             sidecar=str(extra.pop("sidecar", pair_side)), eval_shards=[str(root / "test")],
-            model=DEFAULT_MODEL, pretrained=None, device="cpu", epochs=epochs, batch_size=128, lr=2e-3,
+            model=DEFAULT_MODEL, pretrained=None, device="cpu", steps=budget, batch_size=128, lr=2e-3,
             weight_decay=0.1, warmup_steps=10, seed=0, progress=False, **extra,
         )
         hist = train(cfg)
         last = hist[-1]
         results[name] = last
-        rows.append([name, last["train_rows"], round(last["i2t_R@1"], 2), round(last["t2i_R@1"], 2),
-                     round(last["rsum"], 1), round(time.time() - t0)])
+        rows.append([name, last["train_rows"], len(hist), last["steps"], round(last["i2t_R@1"], 2),
+                     round(last["t2i_R@1"], 2), round(last["rsum"], 1), round(time.time() - t0)])
         print(name, rows[-1], flush=True)
 
     cls_rows, cls_results = [], {}
@@ -164,8 +172,11 @@ def main() -> None:
     gain_none = cleaned[best] - none_r1
     held = info["heldout"]
     body = (
-        f"Target model: `{DEFAULT_MODEL}` from random init, {epochs} epochs, batch 128, AdamW lr 2e-3, on "
-        f"{n_train} shapes-world pairs with 50% of captions shuffled; test: {n_test} clean held-out pairs. "
+        f"Target model: `{DEFAULT_MODEL}` from random init, batch 128, AdamW lr 2e-3 (weight decay 0.1, none on "
+        f"gains, biases and the temperature), on {n_train} shapes-world pairs with 50% of captions shuffled; "
+        f"test: {n_test} clean held-out pairs. **Equal compute:** every run makes {budget} updates, what the "
+        f"unfiltered set gets in {epochs} epochs (`nclean train --steps {budget}`); a filtered set runs as many "
+        "epochs as that takes, as DataComp fixes the samples seen rather than the epochs. "
         f"Sidecar from the pre-trained estimator `{ckpt.name}` (its own held-out R@1: i2t "
         f"{held['i2t_R@1']:.1f}%, t2i {held['t2i_R@1']:.1f}%). The top-30% filter keeps cosine >= {top30:.4f}. "
         "SPS is scored with the released code's eps1 = 0.6 (the paper's 0.99 leaves no reliable pair with this "
@@ -173,7 +184,7 @@ def main() -> None:
         + ("**Quick mode: the training budget is far too small for the target model to learn; these figures only "
            "show that every method runs.** " if args.quick else "")
         + "\n\n"
-        + md_table(["run", "train rows", "i2t R@1 %", "t2i R@1 %", "rSum", "seconds"], rows)
+        + md_table(["run", "train rows", "epochs", "steps", "i2t R@1 %", "t2i R@1 %", "rSum", "seconds"], rows)
         + f"\nBest cleaned run: **{best}**, mean R@1 {cleaned[best]:.2f} vs oracle {oracle_r1:.2f} "
         f"(gap {gap_oracle:.2f} points; target <= 2: {'met' if gap_oracle <= 2 else 'missed'}) and vs none "
         f"{none_r1:.2f} (gain {gain_none:.2f} points; target >= 10: {'met' if gain_none >= 10 else 'missed'}).\n\n"

@@ -22,9 +22,13 @@ BENCHMARKS = [
     "bench_embed.py",
     "bench_memory.py",
     "bench_detection.py",
+    "bench_temperature.py",
     "bench_flickr8k.py",
     "bench_training.py",
 ]
+
+# too slow for the quick run (a second estimator pre-training)
+FULL_ONLY = {"bench_temperature.py"}
 
 
 def main() -> int:
@@ -34,6 +38,9 @@ def main() -> int:
         path = HERE / name
         if not path.exists():
             print(f"[skip] {name}: not present", flush=True)
+            continue
+        if quick and name in FULL_ONLY:
+            print(f"[skip] {name}: full run only (make bench)", flush=True)
             continue
         args = [sys.executable, str(path)]
         if quick and "--quick" in path.read_text():

@@ -504,6 +504,11 @@ def train(
     max_steps: int = typer.Option(
         None, "--max-steps", help="Stop after this many steps (smoke runs)."
     ),
+    steps: int = typer.Option(
+        None,
+        "--steps",
+        help="Fixed step budget instead of --epochs (DataComp-style equal compute): a filtered set runs as many epochs as it needs to reach it.",
+    ),
     seed: int = typer.Option(0, "--seed"),
     workers: int = typer.Option(
         0, "--workers", help="Decoding processes while loading the shards."
@@ -563,6 +568,7 @@ def train(
         weight_decay=weight_decay,
         warmup_steps=warmup_steps,
         max_steps=max_steps,
+        steps=steps,
         seed=seed,
         workers=workers,
         osa_form=osa_form,

@@ -57,7 +57,7 @@ import numpy as np
 
 # Bump when the recipe changes in a way the file name does not show
 # (data generation, evaluation, the training loop's defaults).
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 
 # Generator seeds of the pre-training data, far from the small seeds that
 # benchmarks and tests use, so no benchmark sample was seen in training.
@@ -75,12 +75,20 @@ DEFAULT_EVAL_SAMPLES = 1000
 
 
 def checkpoint_name(
-    model: str, samples: int, epochs: int, batch_size: int, lr: float, seed: int
+    model: str,
+    samples: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    logit_scale: float | None = None,
 ) -> str:
     """File stem encoding every setting that changes the weights."""
     model_stem = Path(model).stem if model.endswith(".json") else model
+    fixed = f"-ls{logit_scale:g}" if logit_scale is not None else ""
     return (
-        f"{model_stem}-shapes-n{samples}-e{epochs}-b{batch_size}-lr{lr:g}-s{seed}-r{RECIPE_VERSION}"
+        f"{model_stem}-shapes-n{samples}-e{epochs}-b{batch_size}-lr{lr:g}-s{seed}{fixed}"
+        f"-r{RECIPE_VERSION}"
     )
 
 
@@ -202,6 +210,7 @@ def pretrained_estimator(
     eval_samples: int = DEFAULT_EVAL_SAMPLES,
     threads: int | None = None,
     eval_each_epoch: bool = False,
+    logit_scale: float | None = None,
 ) -> Path:
     """Path of a shapes-world checkpoint of ``model``, training it if needed.
 
@@ -220,6 +229,8 @@ def pretrained_estimator(
         busy machine one thread is often faster than several.
     eval_each_epoch : record held-out retrieval after every epoch in the
         JSON (slower; for tuning the recipe).
+    logit_scale : train with this fixed temperature multiplier (100 is
+        where CLIP's learned one ends) instead of learning it (default).
 
     Returns
     -------
@@ -238,7 +249,7 @@ def pretrained_estimator(
     resolve_model_name(model)  # fail early on an unknown model
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    stem = checkpoint_name(model, samples, epochs, batch_size, lr, seed)
+    stem = checkpoint_name(model, samples, epochs, batch_size, lr, seed, logit_scale)
     ckpt, meta_path = cache_dir / f"{stem}.pt", cache_dir / f"{stem}.json"
     if ckpt.exists() and meta_path.exists():
         return ckpt
@@ -272,6 +283,7 @@ def pretrained_estimator(
             seed=seed,
             eval_shards=[str(eval_dir)] if eval_each_epoch else None,
             progress=progress,
+            logit_scale=logit_scale,
         )
         with _torch_threads(threads):
             t0 = time.time()
@@ -301,6 +313,7 @@ def pretrained_estimator(
                 "domain": "default",
                 "single_object_fraction": SINGLE_FRACTION,
                 "eval_samples": eval_samples,
+                "fixed_logit_scale": logit_scale,
             },
             "heldout": heldout,
             "heldout_shifted": shifted,

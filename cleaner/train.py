@@ -64,6 +64,13 @@ class TrainConfig:
     weight_decay: float = 0.2
     warmup_steps: int = 0
     max_steps: int | None = None  # stop early (tests, smoke runs)
+    # A fixed step budget (DataComp's fixed samples-seen): overrides epochs,
+    # so a filtered set of half the rows runs twice the epochs and every
+    # method gets the same number of updates.
+    steps: int | None = None
+    # A fixed temperature multiplier (e.g. 100, where CLIP's learned one
+    # ends); None learns it from the checkpoint's value, clamped at 100.
+    logit_scale: float | None = None
     seed: int = 0
     workers: int = 0
     osa_form: str = "paper"  # paper | paper-norm | code
@@ -296,11 +303,10 @@ class PairObjective:
         w_sig = L.siamese_significance(
             net,
             lambda siamese: torch.optim.AdamW(
-                siamese.parameters(),
+                param_groups(siamese, self.cfg.weight_decay),
                 lr=optimizer.param_groups[0]["lr"],
                 betas=(0.9, 0.98),
                 eps=1e-6,
-                weight_decay=self.cfg.weight_decay,
             ),
             images,
             tokens,
@@ -383,6 +389,27 @@ def _setup(cfg: TrainConfig):
     return est, spec, out
 
 
+def param_groups(net: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """open_clip's optimiser groups: no weight decay on gains, biases and
+    the temperature (1-d parameters and ``logit_scale``). Decaying
+    ``logit_scale`` pulls CLIP's learned temperature multiplier towards 1
+    every step, so it never grows to the 100 CLIP ends at; with it the
+    cosine scale of a trained model drifts away from CLIP's (the published
+    OSA/SDD thresholds are in CLIP's cosine units)."""
+    decay, no_decay = [], []
+    for name, p in net.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or "logit_scale" in name or "bias" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": weight_decay},
+    ]
+
+
 def train(cfg: TrainConfig) -> list[dict]:
     """Run training; return the per-epoch metrics (also in ``out/metrics.json``)."""
     if cfg.task == "classify":
@@ -396,20 +423,19 @@ def train(cfg: TrainConfig) -> list[dict]:
     side, meta = join_sidecar(split, cfg.sidecar) if cfg.sidecar else (None, {})
     evals = load_split(cfg.eval_shards, est, spec, cfg.workers) if cfg.eval_shards else None
     model = Model(est)
+    if cfg.logit_scale is not None:
+        with torch.no_grad():
+            model.net.logit_scale.fill_(math.log(cfg.logit_scale))
+        model.net.logit_scale.requires_grad_(False)
     objective = PairObjective(cfg, model, split, side, meta)
     optimizer = torch.optim.AdamW(
-        model.net.parameters(),
-        lr=cfg.lr,
-        betas=(0.9, 0.98),
-        eps=1e-6,
-        weight_decay=cfg.weight_decay,
+        param_groups(model.net, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6
     )
     steps_per_epoch = max(1, len(objective.rows) // cfg.batch_size)
-    total = (
-        steps_per_epoch * cfg.epochs
-        if cfg.max_steps is None
-        else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
-    )
+    epochs = cfg.epochs if not cfg.steps else math.ceil(cfg.steps / steps_per_epoch)
+    total = cfg.steps or steps_per_epoch * epochs
+    if cfg.max_steps is not None:
+        total = min(cfg.max_steps, total)
     history: list[dict] = []
     rng = np.random.default_rng(cfg.seed)
     step = 0
@@ -421,7 +447,7 @@ def train(cfg: TrainConfig) -> list[dict]:
         file=sys.stderr,
         dynamic_ncols=True,
     )
-    for epoch in range(cfg.epochs):
+    for epoch in range(epochs):
         order = rng.permutation(objective.rows)
         losses = []
         for b in range(steps_per_epoch):

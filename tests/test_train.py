@@ -77,6 +77,49 @@ def test_pair_methods_train(method, extra, shard_dir, scored, tiny_ckpt, tmp_pat
     assert metrics["config"]["method"] == method
 
 
+def test_step_budget_equalises_filtered_runs(shard_dir, scored, tiny_ckpt, tmp_path):
+    """--steps: the full set and a filtered subset both make exactly the
+    budgeted number of updates; the subset runs more epochs to get there."""
+    import pyarrow.parquet as pq
+
+    from cleaner.train import param_groups
+
+    keys = pq.read_table(scored, columns=["key"])["key"].to_pylist()
+    half = sorted(keys)[: len(keys) // 2]
+    runs = {}
+    for name, extra in {
+        "all": {"method": "none"},
+        "half": {"method": "filter", "where": f"key <= {half[-1]!r}"},
+    }.items():
+        cfg = TrainConfig(
+            shards=[str(shard_dir)],
+            out=str(tmp_path / name),
+            sidecar=str(scored),
+            model=TINY,
+            pretrained=str(tiny_ckpt),
+            batch_size=8,
+            steps=10,
+            progress=False,
+            **extra,
+        )
+        runs[name] = train(cfg)
+    for name, history in runs.items():
+        assert history[-1]["steps"] == 10, name
+    rows_all, rows_half = runs["all"][-1]["train_rows"], runs["half"][-1]["train_rows"]
+    assert rows_half < rows_all
+    assert len(runs["half"]) == -(-10 // (rows_half // 8))  # ceil(steps / steps per epoch)
+    assert len(runs["half"]) > len(runs["all"])
+    # open_clip's optimiser groups: the temperature and 1-d parameters are not decayed
+    from cleaner.estimator import load_estimator
+
+    net = load_estimator(TINY, str(tiny_ckpt), "cpu", precision="fp32").model.requires_grad_(True)
+    groups = param_groups(net, 0.2)
+    no_decay = {id(p) for p in groups[0]["params"]}
+    assert groups[0]["weight_decay"] == 0.0 and groups[1]["weight_decay"] == 0.2
+    assert id(net.logit_scale) in no_decay
+    assert all(p.ndim >= 2 for p in groups[1]["params"])
+
+
 def test_train_cli_and_mismatched_sidecar(shard_dir, scored, tiny_ckpt, tmp_path):
     proc = run_cli(
         "train",
