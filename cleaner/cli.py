@@ -8,6 +8,7 @@ rerun to retry them); 1 unexpected internal error; 130 interrupted.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -30,7 +31,7 @@ app = typer.Typer(
         "per-sample verdicts (OSA weights, SDD drop masks, SPS partitions, CLIPCleaner "
         "selections) as Parquet sidecars keyed by (shard, key) and uid.\n\n"
         "Exit codes: 0 ok, 2 bad configuration, 3 unreadable input, 4 nothing scored, "
-        "5 some shards unreadable, 1 internal error."
+        "5 some shards unreadable, 1 internal error, 130 interrupted."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -291,6 +292,11 @@ def score(
 ):
     """Score samples and write sidecar parts (embedding them first when given shards).
 
+    Resumable: rerun the same command after a kill and finished shards are
+    kept. Exit codes: 0 ok (bad samples are status rows), 2 bad options, 3
+    unreadable input, 4 nothing scorable, 5 some shards unreadable (named;
+    rerun to retry), 1 internal error, 130 interrupted.
+
     Example: nclean score shards/ --out weights.parquet --model ViT-B-32 --pretrained ./vitb32.pt
     """
     _DEBUG["on"] = debug
@@ -496,18 +502,20 @@ def train(
         help="Initial weights: a local checkpoint or open_clip tag; none = random init.",
     ),
     device: str = DeviceOpt,
-    epochs: int = typer.Option(1, "--epochs"),
-    batch_size: int = typer.Option(64, "--batch-size"),
-    lr: float = typer.Option(1e-4, "--lr"),
-    weight_decay: float = typer.Option(0.2, "--weight-decay"),
-    warmup_steps: int = typer.Option(0, "--warmup-steps"),
+    epochs: int = typer.Option(1, "--epochs", help="Passes over the (selected) rows; see --steps."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Pairs (or images) per step."),
+    lr: float = typer.Option(1e-4, "--lr", help="Peak AdamW learning rate (cosine decay)."),
+    weight_decay: float = typer.Option(
+        0.2, "--weight-decay", help="AdamW weight decay (not on gains, biases, temperature)."
+    ),
+    warmup_steps: int = typer.Option(0, "--warmup-steps", help="Linear warm-up steps."),
     max_steps: int = typer.Option(
         None, "--max-steps", help="Stop after this many steps (smoke runs)."
     ),
     steps: int = typer.Option(
         None,
         "--steps",
-        help="Fixed step budget instead of --epochs (DataComp-style equal compute): a filtered set runs as many epochs as it needs to reach it.",
+        help="Fixed step budget instead of --epochs (DataComp-style equal compute): a filtered set runs as many epochs as it needs to reach it. Pairs only; --max-steps still caps it.",
     ),
     seed: int = typer.Option(0, "--seed"),
     workers: int = typer.Option(
@@ -624,22 +632,42 @@ def main() -> None:
     except KeyboardInterrupt:
         print("nclean: interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as exc:
+        if exc.errno not in _PATH_ERRNOS or _DEBUG["on"]:
+            _internal_error(exc)
+        # a path the user gave cannot be used (a file where a folder is
+        # expected, no permission, read-only): a configuration error
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"nclean: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        sys.exit(2)
     except Exception as exc:  # noqa: BLE001 - last line of defence
-        import click
-
-        if isinstance(exc, click.exceptions.Abort):
+        # Usage errors come as click exceptions -- from click itself or from
+        # the copy of click that newer typer releases vendor (typer._click),
+        # whose classes are not click's: match them by class name.
+        kinds = {c.__name__ for c in type(exc).__mro__}
+        if "Abort" in kinds:
+            print("nclean: interrupted", file=sys.stderr)
             sys.exit(130)
-        if isinstance(exc, click.ClickException):
+        if "ClickException" in kinds and hasattr(exc, "show"):
             exc.show()
-            sys.exit(exc.exit_code)
-        if _DEBUG["on"]:
-            raise
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        print(
-            f"nclean: internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
-            file=sys.stderr,
-        )
-        sys.exit(1)
+            sys.exit(getattr(exc, "exit_code", 2))
+        _internal_error(exc)
+
+
+_PATH_ERRNOS = {
+    errno.ENOENT, errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS
+}
+
+
+def _internal_error(exc: BaseException) -> None:
+    if _DEBUG["on"]:
+        raise exc
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    print(
+        f"nclean: internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
+        file=sys.stderr,
+    )
+    sys.exit(1)
 
 
 if __name__ == "__main__":
