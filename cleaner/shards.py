@@ -209,22 +209,22 @@ def _read_indexed(
                     f"tar truncated or corrupt after {len(groups)} samples: no end-of-archive "
                     f"marker at byte {tf.offset}; any samples after it are lost"
                 )
-        # Pass 2: read wanted members by offset.
-        index = 0
+        # Pass 2: read wanted members by offset, samples (repeats included)
+        # in the order their first member appears, so `index` is the
+        # sample's position in the shard -- the same number the streaming
+        # reader gives a .tar.gz copy of it.
+        samples = [(infos[0].offset, key, infos, False) for key, infos in groups.items()]
+        samples += [
+            (infos[0].offset, key, infos, True) for key, extra in repeats.items() for infos in extra
+        ]
+        samples.sort(key=lambda s: s[0])
         with open(path, "rb") as fh:
-            for key, infos in groups.items():
-                yield RawSample(key=key, index=index, members=_load(fh, infos, size, wanted))
-                index += 1
-            for key, extra in repeats.items():
-                for infos in extra:
-                    yield RawSample(
-                        key=key,
-                        index=index,
-                        members=_load(fh, infos, size, wanted),
-                        problem="duplicate_key",
-                        problem_detail=f"key {key!r} appears more than once in the shard",
-                    )
-                    index += 1
+            for index, (_, key, infos, repeat) in enumerate(samples):
+                sample = RawSample(key=key, index=index, members=_load(fh, infos, size, wanted))
+                if repeat:
+                    sample.problem = "duplicate_key"
+                    sample.problem_detail = f"key {key!r} appears more than once in the shard"
+                yield sample
 
 
 def _has_ext(infos: list[tarfile.TarInfo], ext: str) -> bool:

@@ -97,6 +97,28 @@ def test_duplicate_key_is_flagged_not_dropped(tmp_path):
     assert samples[2].members == {"jpg": b"A2", "txt": b"3"}
 
 
+def test_index_is_position_in_shard_with_repeated_keys(tmp_path):
+    """A repeated key mid-shard: `index` counts samples in shard order, and
+    the plain and gzipped readers agree on every (key, index, problem)."""
+    import gzip
+
+    members = []
+    for key in ["k0", "k1", "k2", "k1", "k4", "k5"]:
+        members += [(f"{key}.jpg", key.encode()), (f"{key}.txt", b"t")]
+    plain = _tar(tmp_path / "s.tar", members)
+    gz = tmp_path / "s.tar.gz"
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+    rows = {
+        name: [(x.key, x.index, x.problem) for x in read_shard(p)]
+        for name, p in (("tar", plain), ("gz", gz))
+    }
+    assert rows["tar"] == rows["gz"]
+    assert [(k, i) for k, i, _ in rows["tar"]] == [
+        ("k0", 0), ("k1", 1), ("k2", 2), ("k1", 3), ("k4", 4), ("k5", 5)
+    ]
+    assert rows["tar"][3][2] == "duplicate_key"
+
+
 def test_wanted_members_only_but_sample_kept(tmp_path):
     p = _tar(tmp_path / "s.tar", [("a.jpg", b"A"), ("a.txt", b"t"), ("b.xyz", b"?")])
     samples = list(read_shard(p, wanted={"jpg", "txt"}))
