@@ -11,10 +11,18 @@ Two constructions of "K random pairs":
   Needs only embeddings; its mean is the centre of the *noisy* distribution,
   so it is expected to sit lower than ``noise``.
 
-Standard errors: for ``shuffled`` the K cosines are independent, so
-se = std / sqrt(K). For ``noise`` the K x K cross pairs share images and
-texts; the grand mean of such a two-way layout has variance about
-var(row means) / K + var(column means) / K, which is what we report.
+Standard errors: for ``shuffled`` the K pairs are drawn *without reuse*:
+no image row and no caption row appears in two pairs, so the K cosines are
+independent and se = std / sqrt(K). That caps K at the number of scorable
+rows n (K = min(K asked, n); the K used is what ``BetaEstimate.k``
+records). Drawing 10,000 pairs from 201 rows with replacement would reuse
+every image and caption ~50 times and report a standard error ~7x too
+small. When 2K <= n the pairs' images and captions come from disjoint rows;
+above that they form one chain (image of row r_t with the caption of row
+r_t+1), each row used once as image and once as caption. For ``noise`` the
+K x K cross pairs share images and texts; the grand mean of such a two-way
+layout has variance about var(row means) / K + var(column means) / K, which
+is what we report.
 """
 
 from __future__ import annotations
@@ -83,16 +91,27 @@ def _grid_estimate(cos: np.ndarray, source: str, seed: int | None) -> BetaEstima
 def sample_mismatched_indices(
     sizes: Sequence[int], k: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """K (image_row, text_row) global index pairs with image_row != text_row,
-    uniform over the concatenation of blocks of the given sizes."""
+    """Up to K (image_row, text_row) global index pairs with image_row !=
+    text_row, uniform over the concatenation of blocks of the given sizes,
+    no image row and no text row used twice (so the pairs are independent).
+
+    Returns min(K, total) pairs: with fewer rows than K there are not K
+    independent mismatched pairs to be had.
+    """
     total = int(np.sum(sizes))
     if total < 2:
         raise ValueError("shuffled beta needs at least two scorable samples")
+    if k < 1:
+        raise ValueError("K must be at least 1")
+    m = min(int(k), total)
     rng = np.random.default_rng(seed)
-    i = rng.integers(0, total, size=k)
-    # j uniform over all rows except i: draw from total-1 and skip i
-    j = rng.integers(0, total - 1, size=k)
-    j = j + (j >= i)
+    # distinct rows in random order (Floyd's algorithm for small m: no O(total) memory)
+    rows = rng.choice(total, size=min(total, 2 * m), replace=False)
+    i = rows[:m]
+    if len(rows) == 2 * m:  # disjoint image and caption rows
+        j = rows[m:]
+    else:  # a chain: row t's image with row t+1's caption (wrapping when m == total)
+        j = rows[(np.arange(m) + 1) % len(rows)]
     return i, j
 
 
@@ -117,6 +136,7 @@ def shuffled_beta_from_rows(
 def shuffled_beta(
     image: np.ndarray, text: np.ndarray, k: int = DEFAULT_SHUFFLED_K, seed: int = 0
 ) -> BetaEstimate:
-    """In-memory version: ``image``/``text`` are the ok rows' embeddings."""
+    """In-memory version: ``image``/``text`` are the ok rows' embeddings.
+    Uses min(k, len(image)) pairs (see :func:`sample_mismatched_indices`)."""
     i, j = sample_mismatched_indices([len(image)], k, seed)
     return shuffled_beta_from_rows(image[i], text[j], seed)

@@ -144,6 +144,7 @@ def _check_clipcleaner_options(
 
 @app.command()
 def score(
+    ctx: typer.Context,
     shards: list[str] = typer.Argument(
         None,
         help="Shards: a directory, a glob, a brace pattern (data-{000000..000099}.tar) or paths.",
@@ -352,6 +353,7 @@ def score(
         engine=engine,
         ray_address=ray_address,
         argv=sys.argv[1:],
+        beta_source_explicit=ctx.get_parameter_source("beta_source").name == "COMMANDLINE",
     )
     if "clipcleaner" in method_list:
         _check_clipcleaner_options(
@@ -448,7 +450,7 @@ def embed(
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Folder for the generated shards and the sidecar."),
     samples: int = typer.Option(600, "--samples", help="Samples to generate."),
-    noise: float = typer.Option(0.4, "--noise", help="Fraction of captions shuffled."),
+    noise: float = typer.Option(0.4, "--noise", help="Fraction of captions shuffled, in [0, 1); a rerun with other --samples/--noise regenerates the data."),
     random_estimator: bool = typer.Option(False, "--random-estimator", help="Skip pre-training: score with random weights (verdicts at chance)."),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="Where the pre-trained demo estimator is cached [default: $NCLEAN_CACHE or ~/.cache/nclean]."),
     progress: bool = ProgressOpt,
@@ -470,7 +472,10 @@ def train(
         ..., help="Training shards (directory, glob, brace pattern or paths)."
     ),
     out: Path = typer.Option(
-        ..., "--out", "-o", help="Run folder: checkpoints (epoch_NNN.pt, last.pt) and metrics.json."
+        ...,
+        "--out",
+        "-o",
+        help="Run folder: last.pt (every epoch), metrics.json; epoch_NNN.pt with --save-every-epoch.",
     ),
     sidecar: Path = typer.Option(
         None, "--sidecar", "--weights", help="Sidecar from nclean score for these shards."
@@ -486,7 +491,9 @@ def train(
         help="pairs (fine-tune the dual encoder) or classify (linear head on the frozen image tower).",
     ),
     where: str = typer.Option(
-        None, "--where", help='Row filter for --method filter, e.g. "sdd_keep and osa_weight > 0".'
+        None,
+        "--where",
+        help='Row filter, only with --method filter, e.g. "sdd_keep and osa_weight > 0".'
     ),
     eval_shards: list[str] = typer.Option(
         None,
@@ -515,7 +522,12 @@ def train(
     steps: int = typer.Option(
         None,
         "--steps",
-        help="Fixed step budget instead of --epochs (DataComp-style equal compute): a filtered set runs as many epochs as it needs to reach it. Pairs only; --max-steps still caps it.",
+        help="Fixed step budget instead of --epochs (DataComp-style equal compute): a filtered set runs as many epochs as it needs to reach it. Also for --task classify; with --max-steps the smaller wins.",
+    ),
+    save_every_epoch: bool = typer.Option(
+        False,
+        "--save-every-epoch",
+        help="Also keep a checkpoint per epoch (epoch_NNN.pt); by default only last.pt is kept.",
     ),
     seed: int = typer.Option(0, "--seed"),
     workers: int = typer.Option(
@@ -577,6 +589,7 @@ def train(
         warmup_steps=warmup_steps,
         max_steps=max_steps,
         steps=steps,
+        save_every_epoch=save_every_epoch,
         seed=seed,
         workers=workers,
         osa_form=osa_form,

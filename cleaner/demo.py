@@ -16,7 +16,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import sys
 import tarfile
 from pathlib import Path
@@ -25,7 +27,16 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from . import shapes
+from .atomic import write_json
+from .errors import ConfigError
 from .estimator import save_random_checkpoint
+
+# What the generated shards were made with, stored inside the shard folder
+# (written before the folder is moved into place, so data and settings
+# always agree); a rerun with other settings regenerates the shards.
+SETTINGS_FILE = "settings.json"
+SETTINGS_VERSION = 1
+SHARD_SIZE = 100
 
 
 def default_cache_dir() -> Path:
@@ -37,6 +48,78 @@ def make_demo_shards(out: Path, samples: int, noise: float, seed: int = 0, shard
     data = shapes.generate(samples, seed=seed)
     data, _ = shapes.add_caption_noise(data, noise, seed=seed)
     return shapes.write_shards(data, out, shard_size=shard_size, plant_corrupt=True)
+
+
+def validate_demo_settings(samples, noise) -> None:
+    """ConfigError (exit 2) for settings the generator cannot honour."""
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
+        raise ConfigError(f"--samples must be a whole number >= 1, not {samples!r}")
+    if not (isinstance(noise, (int, float)) and not isinstance(noise, bool)
+            and math.isfinite(noise) and 0 <= noise < 1):
+        raise ConfigError(f"--noise must be a fraction in [0, 1), not {noise!r}")
+    if round(noise * samples) == 1:
+        raise ConfigError(
+            f"--noise {noise} of {samples} samples shuffles a single caption, which cannot be "
+            "swapped with another; choose a noise giving 0 or at least 2 shuffled captions"
+        )
+
+
+def _read_settings(shard_dir: Path) -> dict | None:
+    return _read_json(shard_dir / SETTINGS_FILE)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _remove(paths) -> None:
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def ensure_demo_shards(shard_dir: Path, samples: int, noise: float, seed: int = 0,
+                       stale: tuple[Path, ...] = ()) -> bool:
+    """Make sure ``shard_dir`` holds the demo shards for these settings;
+    return True when they were (re)generated.
+
+    Shards made with the same settings are reused. Otherwise new ones are
+    written to a temporary folder next to ``shard_dir`` (with their settings)
+    and swapped in; ``stale`` outputs derived from the old shards (the
+    sidecar and its parts, whose embedding cache is keyed by shard name) are
+    removed first, so an interrupted run never leaves new shards beside old
+    verdicts: at worst the next run finds no matching settings and
+    regenerates again.
+    """
+    validate_demo_settings(samples, noise)
+    settings = {"version": SETTINGS_VERSION, "samples": int(samples), "noise": float(noise),
+                "seed": int(seed), "shard_size": SHARD_SIZE, "plant_corrupt": True}
+    shard_dir = Path(shard_dir)
+    if _read_settings(shard_dir) == settings and any(shard_dir.glob("*.tar")):
+        return False
+    parent = shard_dir.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f".{shard_dir.name}.tmp-{os.getpid()}"
+    old = parent / f".{shard_dir.name}.old-{os.getpid()}"
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    try:
+        make_demo_shards(tmp, samples, noise, seed=seed, shard_size=SHARD_SIZE)
+        write_json(tmp / SETTINGS_FILE, settings)
+        _remove(stale)
+        if shard_dir.exists():
+            shard_dir.rename(old)
+        tmp.rename(shard_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    return True
 
 
 def _truth(shard_dir: Path) -> dict[str, bool]:
@@ -69,10 +152,18 @@ def run_demo(out: Path, samples: int = 600, noise: float = 0.4, progress: bool =
     from pipelines.embed_job import EstimatorSpec
     from pipelines.score_job import ScoreJob, ScoreSettings, run_score
 
+    validate_demo_settings(samples, noise)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
     shard_dir = out / "shards"
-    if not any(shard_dir.glob("*.tar")):
-        make_demo_shards(shard_dir, samples, noise)
+    sidecar = out / "weights.parquet"
+    # what the sidecar was scored with; written once scoring has finished
+    scored_with_path = out / "weights.estimator.json"
+    score_outputs = (scored_with_path, sidecar, sidecar.with_suffix(".parts"))
+    if ensure_demo_shards(shard_dir, samples, noise, stale=score_outputs) and progress:
+        print(f"generated {samples} samples ({noise:.0%} shuffled captions) in {shard_dir}",
+              file=sys.stderr)
     if random_estimator:
         model, ckpt = "nclean-tiny", out / "tiny-random.pt"
         if not ckpt.exists():
@@ -86,7 +177,12 @@ def run_demo(out: Path, samples: int = 600, noise: float = 0.4, progress: bool =
         held = estimator_info(ckpt)["heldout"]
         what = (f"the estimator pre-trained on clean shapes-world pairs ({ckpt.name}; held-out R@1 "
                 f"i2t {held['i2t_R@1']:.1f}%, t2i {held['t2i_R@1']:.1f}%)")
-    sidecar = out / "weights.parquet"
+    # Another estimator than last time (--random-estimator toggled, another
+    # --cache-dir): the embedding cache would refuse to mix them and ask for
+    # --overwrite, which demo does not have; start the scoring afresh instead.
+    scored_with = {"model": model, "pretrained": str(ckpt)}
+    if _read_json(scored_with_path) != scored_with:
+        _remove(score_outputs)
     job = ScoreJob(
         out=str(sidecar),
         shards=[str(shard_dir)],
@@ -97,6 +193,7 @@ def run_demo(out: Path, samples: int = 600, noise: float = 0.4, progress: bool =
         argv=["demo"],
     )
     summary = run_score(job)
+    write_json(scored_with_path, scored_with)
     table = pq.read_table(sidecar).to_pandas()
     truth = _truth(shard_dir)
     table["clean"] = table["key"].map(truth)

@@ -66,8 +66,15 @@ class TrainConfig:
     max_steps: int | None = None  # stop early (tests, smoke runs)
     # A fixed step budget (DataComp's fixed samples-seen): overrides epochs,
     # so a filtered set of half the rows runs twice the epochs and every
-    # method gets the same number of updates.
+    # method gets the same number of updates. A step is one optimiser update
+    # (pairs: full batches only; classify: the last batch of an epoch may be
+    # partial). With both set, max_steps caps: min(steps, max_steps) updates,
+    # the learning-rate schedule still spanning the smaller of the two.
     steps: int | None = None
+    # last.pt is always written (atomically, after every epoch); True also
+    # keeps epoch_NNN.pt per epoch (a small filtered set under a step budget
+    # runs many short epochs: one full checkpoint each adds up fast).
+    save_every_epoch: bool = False
     # A fixed temperature multiplier (e.g. 100, where CLIP's learned one
     # ends); None learns it from the checkpoint's value, clamped at 100.
     logit_scale: float | None = None
@@ -141,19 +148,37 @@ def load_split(
     )
 
 
-def join_sidecar(split: Split, sidecar_path: str):
-    """Sidecar rows aligned to ``split`` (a pandas frame), or a clear error
-    with counts when the sidecar does not describe these shards."""
+def read_train_sidecar(sidecar_path: str):
+    """``(table, meta)`` of a sidecar, or the one-line InputError (exit 3)
+    ``nclean filter`` gives for a missing, non-Parquet or invalid sidecar."""
+    import pyarrow as pa
+
+    from .schema import SchemaError
     from .sidecar import read_sidecar
 
-    table, meta = read_sidecar(sidecar_path)
+    try:
+        return read_sidecar(sidecar_path)
+    except SchemaError as exc:
+        raise InputError(f"--sidecar: {exc}") from None
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"--sidecar: cannot read sidecar ({exc})") from None
+
+
+def join_sidecar(split: Split, sidecar_path: str, loaded=None):
+    """Sidecar rows aligned to ``split`` (a pandas frame), or a clear error
+    with counts when the sidecar does not describe these shards
+    (:class:`~cleaner.weights.SidecarMismatchError`, exit 2, as in
+    ``nclean filter``). ``loaded``: ``(table, meta)`` already read."""
+    from .weights import SidecarMismatchError
+
+    table, meta = loaded if loaded is not None else read_train_sidecar(sidecar_path)
     frame = table.to_pandas()
     frame.index = list(zip(frame["shard"], frame["key"]))
     wanted = list(zip(split.shards, split.keys))
     missing = [w for w in wanted if w not in frame.index]
     if missing:
         shards = sorted({s for s, _ in missing})
-        raise InputError(
+        raise SidecarMismatchError(
             f"{len(missing)} of {len(wanted)} training samples have no row in {sidecar_path} "
             f"(shards: {', '.join(shards[:5])}{' ...' if len(shards) > 5 else ''}); "
             "was the sidecar made from these shards?"
@@ -266,8 +291,9 @@ class PairObjective:
         else:
             raise ConfigError(f"unknown --method {m!r}; choose from {', '.join(PAIR_METHODS)}")
         if len(self.rows) < 2:
-            raise InputError(
+            raise ConfigError(
                 f"--method {m}: only {len(self.rows)} training rows selected; nothing to train on"
+                + (f" (--where {cfg.where!r})" if m == "filter" else "")
             )
         self.rng = np.random.default_rng(cfg.seed + 1)
 
@@ -364,9 +390,118 @@ class PairObjective:
 
 
 def _where(side, expr: str) -> np.ndarray:
+    """Keep mask of ``--where`` over sidecar rows (a pandas frame or a
+    pyarrow table); bad expressions are a ConfigError (exit 2) as in
+    ``nclean filter``: unknown columns, text or numeric results, syntax."""
     from .weights import evaluate
 
-    return np.asarray(evaluate(side, expr), dtype=bool)
+    try:
+        value = evaluate(side, expr)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"--where: {exc}") from None
+    if value.dtype != bool:
+        raise ConfigError(
+            f"--where: a keep/drop expression must be true/false, {expr!r} is a number "
+            f"(compare it, e.g. {expr} > 0)"
+        )
+    return value
+
+
+def _positive_int(name: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{name} must be a whole number >= 1, not {value!r}")
+
+
+def _validate(cfg: TrainConfig) -> None:
+    """Reject settings that cannot work, before anything is loaded or written
+    (ConfigError, exit 2: one line, never a traceback or a silent no-op)."""
+    if cfg.task not in ("pairs", "classify"):
+        raise ConfigError("--task must be pairs or classify")
+    methods = PAIR_METHODS if cfg.task == "pairs" else CLASSIFY_METHODS
+    if cfg.method not in methods:
+        if cfg.task == "pairs":
+            raise ConfigError(
+                f"unknown --method {cfg.method!r}; choose from {', '.join(PAIR_METHODS)}"
+            )
+        raise ConfigError(f"--task classify supports --method {', '.join(CLASSIFY_METHODS)}")
+    if cfg.osa_form not in ("paper", "paper-norm", "code"):
+        raise ConfigError("--osa-form must be paper, paper-norm or code")
+    _positive_int("--epochs", cfg.epochs)
+    _positive_int("--batch-size", cfg.batch_size)
+    _positive_int("--steps", cfg.steps, allow_none=True)
+    _positive_int("--max-steps", cfg.max_steps, allow_none=True)
+    if cfg.warmup_steps != 0:  # 0 is the default; anything else as a count of steps
+        _positive_int("--warmup-steps", cfg.warmup_steps)
+    if not (isinstance(cfg.lr, (int, float)) and math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise ConfigError(f"--lr must be a finite number > 0, not {cfg.lr!r}")
+    if not (
+        isinstance(cfg.weight_decay, (int, float))
+        and math.isfinite(cfg.weight_decay)
+        and cfg.weight_decay >= 0
+    ):
+        raise ConfigError(f"--weight-decay must be a finite number >= 0, not {cfg.weight_decay!r}")
+    if cfg.where is not None and cfg.method != "filter":
+        raise ConfigError("--where is only used with --method filter")
+    if cfg.task == "pairs":
+        if cfg.method == "filter" and not cfg.where:
+            raise ConfigError("--method filter needs --where EXPR")
+        if cfg.method != "none" and not cfg.sidecar:
+            raise ConfigError(f"--method {cfg.method} needs --sidecar")
+    else:
+        if not cfg.classes:
+            raise ConfigError("--task classify needs --classes")
+        if cfg.method != "none" and not cfg.sidecar:
+            raise ConfigError(f"--method {cfg.method} needs --sidecar with CLIPCleaner columns")
+
+
+def _required_columns(cfg: TrainConfig) -> list[str]:
+    """Sidecar columns the chosen method reads (``--where`` is checked on its own)."""
+    if cfg.task == "classify":
+        return ["cc_selected"] if cfg.method == "mixfix" or (cfg.method == "filter" and not cfg.where) else []
+    if cfg.method == "osa":
+        return [{"paper": "osa_weight", "paper-norm": "osa_weight_norm", "code": "cosine"}[cfg.osa_form]]
+    if cfg.method == "sdd":
+        return ["sdd_keep", "sdd_w_con", "sdd_mb_image_key", "sdd_mb_text_key"]
+    if cfg.method == "sps":
+        return ["sps_partition", "sps_soft_label", "sps_proxy_key", "sps_proxy_label"]
+    return []
+
+
+def _check_sidecar(cfg: TrainConfig, loaded) -> None:
+    """Fail before decoding any shard: the method's columns must be there
+    and ``--where`` must be a valid true/false expression over the sidecar."""
+    table, meta = loaded
+    absent = [c for c in _required_columns(cfg) if c not in table.column_names]
+    if absent:
+        raise ConfigError(
+            f"--method {cfg.method} needs sidecar column(s) {', '.join(absent)}, which "
+            f"{cfg.sidecar} lacks; score it with the method (nclean score --methods ...)"
+        )
+    if cfg.task == "pairs" and cfg.method == "osa" and cfg.osa_form == "code" and "beta" not in meta:
+        raise ConfigError(f"--osa-form code needs beta in the metadata of {cfg.sidecar}")
+    if cfg.method == "filter" and cfg.where:
+        keep = _where(table, cfg.where)
+        if "status" in table.column_names:  # the trainer only sees scorable samples
+            import pyarrow.compute as pc
+
+            ok = pc.fill_null(pc.equal(table.column("status"), "ok"), False)
+            keep &= ok.to_numpy(zero_copy_only=False).astype(bool)
+        if keep.sum() < 2:  # fail before decoding the shards (checked again after the join)
+            raise ConfigError(
+                f"--method filter: only {int(keep.sum())} training rows selected; nothing to "
+                f"train on (--where {cfg.where!r})"
+            )
+
+
+def _warn_small(n_rows: int, batch_size: int) -> None:
+    if n_rows < batch_size:
+        print(
+            f"nclean: warning: {n_rows} rows selected, fewer than one batch of {batch_size}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -412,15 +547,16 @@ def param_groups(net: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def train(cfg: TrainConfig) -> list[dict]:
     """Run training; return the per-epoch metrics (also in ``out/metrics.json``)."""
+    _validate(cfg)
     if cfg.task == "classify":
         return train_classifier(cfg)
-    if cfg.task != "pairs":
-        raise ConfigError("--task must be pairs or classify")
-    if cfg.osa_form not in ("paper", "paper-norm", "code"):
-        raise ConfigError("--osa-form must be paper, paper-norm or code")
+    loaded = read_train_sidecar(cfg.sidecar) if cfg.sidecar else None
+    if loaded is not None:
+        _check_sidecar(cfg, loaded)
     est, spec, out = _setup(cfg)
     split = load_split(cfg.shards, est, spec, cfg.workers)
-    side, meta = join_sidecar(split, cfg.sidecar) if cfg.sidecar else (None, {})
+    side, meta = join_sidecar(split, cfg.sidecar, loaded) if loaded is not None else (None, {})
+    del loaded
     evals = load_split(cfg.eval_shards, est, spec, cfg.workers) if cfg.eval_shards else None
     model = Model(est)
     if cfg.logit_scale is not None:
@@ -431,9 +567,10 @@ def train(cfg: TrainConfig) -> list[dict]:
     optimizer = torch.optim.AdamW(
         param_groups(model.net, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6
     )
+    _warn_small(len(objective.rows), cfg.batch_size)
     steps_per_epoch = max(1, len(objective.rows) // cfg.batch_size)
-    epochs = cfg.epochs if not cfg.steps else math.ceil(cfg.steps / steps_per_epoch)
-    total = cfg.steps or steps_per_epoch * epochs
+    epochs = cfg.epochs if cfg.steps is None else math.ceil(cfg.steps / steps_per_epoch)
+    total = cfg.steps if cfg.steps is not None else steps_per_epoch * epochs
     if cfg.max_steps is not None:
         total = min(cfg.max_steps, total)
     history: list[dict] = []
@@ -475,8 +612,10 @@ def train(cfg: TrainConfig) -> list[dict]:
         if evals is not None:
             record.update(retrieval_metrics(*embed_split(model, evals)))
         history.append(record)
-        _atomic_save(model.net.state_dict(), out / f"epoch_{epoch:03d}.pt")
-        _atomic_save(model.net.state_dict(), out / "last.pt")
+        state = model.net.state_dict()
+        if cfg.save_every_epoch:
+            _atomic_save(state, out / f"epoch_{epoch:03d}.pt")
+        _atomic_save(state, out / "last.pt")
         write_json(
             out / "metrics.json",
             {"config": asdict(cfg), "epochs": history, "skipped": split.skipped},
@@ -498,14 +637,17 @@ def train_classifier(cfg: TrainConfig) -> list[dict]:
     non-selected samples after each epoch (METHODS.md section 3.5)."""
     from .prompts import load_classes
 
-    if not cfg.classes:
-        raise ConfigError("--task classify needs --classes")
+    _validate(cfg)
     classes = load_classes(cfg.classes)
     k = len(classes)
+    loaded = read_train_sidecar(cfg.sidecar) if cfg.sidecar else None
+    if loaded is not None:
+        _check_sidecar(cfg, loaded)
     est, spec, out = _setup(cfg)
     spec.n_classes = k
     split = load_split(cfg.shards, est, spec, cfg.workers)
-    side, _ = join_sidecar(split, cfg.sidecar) if cfg.sidecar else (None, {})
+    side, _ = join_sidecar(split, cfg.sidecar, loaded) if loaded is not None else (None, {})
+    del loaded
     evals = load_split(cfg.eval_shards, est, spec, cfg.workers) if cfg.eval_shards else None
     model = Model(est)
     model.net.eval().requires_grad_(False)
@@ -530,14 +672,28 @@ def train_classifier(cfg: TrainConfig) -> list[dict]:
     use = torch.as_tensor(np.array(selected, dtype=bool))
     train_labels = labels.clone()
     history = []
-    for epoch in range(cfg.epochs):
+    # --steps: as many epochs as the budget needs (MixFix changes the rows
+    # per epoch, so epochs are not counted up front); --max-steps caps.
+    budget = cfg.steps
+    if cfg.max_steps is not None:
+        budget = cfg.max_steps if budget is None else min(budget, cfg.max_steps)
+    step, epoch = 0, 0
+    while (cfg.steps is not None or epoch < cfg.epochs) and (budget is None or step < budget):
         rows = torch.nonzero(use).flatten()
         if len(rows) < 2:
-            raise InputError("fewer than two training samples selected")
+            raise ConfigError(
+                f"--method {cfg.method}: only {len(rows)} training rows selected"
+                + (f" in epoch {epoch}" if epoch else "")
+                + "; nothing to train on"
+            )
+        if epoch == 0:
+            _warn_small(len(rows), cfg.batch_size)
         w = L.class_balanced_weights(train_labels[rows], k)
         sampler = torch.multinomial(w, num_samples=len(rows), replacement=True, generator=gen)
         order = rows[sampler]
         for s in range(0, len(order), cfg.batch_size):
+            if budget is not None and step >= budget:
+                break
             idx = order[s : s + cfg.batch_size]
             x = feats[idx]
             y = F.one_hot(train_labels[idx], k).float()
@@ -546,7 +702,8 @@ def train_classifier(cfg: TrainConfig) -> list[dict]:
             opt.zero_grad()
             loss.backward()
             opt.step()
-        record = {"epoch": epoch, "train_rows": int(use.sum())}
+            step += 1
+        record = {"epoch": epoch, "steps": step, "train_rows": int(use.sum())}
         if cfg.method == "mixfix":
             with torch.no_grad():
                 probs = torch.softmax(head(feats), dim=1)
@@ -574,4 +731,5 @@ def train_classifier(cfg: TrainConfig) -> list[dict]:
         history.append(record)
         _atomic_save(head.state_dict(), out / "head_last.pt")
         write_json(out / "metrics.json", {"config": asdict(cfg), "epochs": history})
+        epoch += 1
     return history

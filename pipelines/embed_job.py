@@ -59,6 +59,48 @@ class EmbedReport:
     samples: int = 0
 
 
+def file_fingerprint(path: str | Path) -> dict | None:
+    """What tells a rewritten file from the one a job read: size and mtime
+    (ns). None when the file cannot be stat'ed (it then fails elsewhere).
+    Deliberately strict: a copy that does not keep mtimes (``cp -r``) counts
+    as changed -- a false alarm costs an ``--overwrite``, a miss stale rows."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+
+
+def describe_changes(changed: list[tuple[str, dict | None, dict | None]], limit: int = 5) -> str:
+    """``name (what changed)`` for (name, recorded, now) triples, on one line."""
+
+    def why(old: dict | None, new: dict | None) -> str:
+        if new is None:
+            return "now missing or unreadable"
+        if old is None or not isinstance(old, dict):
+            return "changed"
+        if "size" in old and old.get("size") != new.get("size"):
+            return f"size {old.get('size')} -> {new.get('size')} bytes"
+        if "size" in old:
+            return "rewritten: modification time differs"
+        parts = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        return "rewritten: " + ", ".join(parts) if parts else "changed"
+
+    shown = [f"{name} ({why(old, new)})" for name, old, new in changed[:limit]]
+    more = f" and {len(changed) - limit} more" if len(changed) > limit else ""
+    return ", ".join(shown) + more
+
+
+def check_batch_and_workers(batch_size: int | None, workers: int) -> None:
+    """--batch-size and --workers as the embedding stage needs them."""
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, not {batch_size}")
+    if workers is None or workers < 0:
+        raise ConfigError(
+            f"--workers must be 0 (decode in the main process) or more, not {workers}"
+        )
+
+
 def cache_identity(est: EstimatorSpec, spec: SampleSpec) -> dict:
     # through JSON, so it compares equal to what a cache partition stores
     return json.loads(json.dumps({"estimator": est.identity(), "sample_spec": asdict(spec)}))
@@ -82,9 +124,11 @@ def run_embed(
     settings (another model, other member keys): mixing them would silently
     compare apples with oranges.
     """
+    check_batch_and_workers(batch_size, workers)
     report = EmbedReport()
     identity = cache_identity(est, spec)
     todo: list[Path] = []
+    changed: list[tuple[str, dict | None, dict | None]] = []
     for path in shards:
         stem = shard_stem(path)
         if not overwrite and cache.meta_path(stem).exists() and cache.is_complete(stem):
@@ -94,11 +138,24 @@ def run_embed(
                     f"the embedding cache {cache.root} holds shard {stem} made with other settings "
                     f"({info.get('identity', {}).get('estimator', 'unknown')}); pass --overwrite or another --cache"
                 )
+            # a partition from before fingerprints were recorded: nothing to compare
+            recorded = info.get("shard_fingerprint")
+            now = file_fingerprint(path)
+            if recorded is not None and recorded != now:
+                changed.append((path.name, recorded, now))
             report.skipped.append(stem)
         else:
             todo.append(path)
+    if changed:
+        raise ConfigError(
+            f"{len(changed)} shard(s) changed since they were embedded into {cache.root}: "
+            f"{describe_changes(changed)}; their cached embeddings (and any scores made from "
+            "them) are stale: pass --overwrite to start over, or choose another --out/--cache"
+        )
     if not todo:
         return report
+    # taken before reading: a shard rewritten while it is embedded shows as changed next time
+    fingerprints = {shard_stem(p): file_fingerprint(p) for p in todo}
     if engine not in ("local", "ray"):
         raise ConfigError(f"--engine must be local or ray, not {engine!r}")
     if engine == "local":
@@ -130,6 +187,7 @@ def run_embed(
             "identity": identity,
             "nclean_version": __version__,
             "shard_path": str(result.path),
+            "shard_fingerprint": fingerprints.get(result.stem),
             "warnings": result.warnings,
         }
         cache.write(result.stem, result.meta, result.image, result.text, info)

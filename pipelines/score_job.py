@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 import time
 from collections import Counter
@@ -40,11 +41,18 @@ from cleaner.beta import (
 )
 from cleaner.decode import SampleSpec
 from cleaner.embcache import EmbeddingCache, validate_dir
-from cleaner.errors import ConfigError, NothingScoredError
+from cleaner.errors import ConfigError, InputError, NothingScoredError
 from cleaner.shards import expand_shards, shard_stem
 from cleaner.sidecar import atomic_write_table, merge_parts, part_is_valid
 
-from .embed_job import EmbedReport, EstimatorSpec, run_embed
+from .embed_job import (
+    EmbedReport,
+    EstimatorSpec,
+    check_batch_and_workers,
+    describe_changes,
+    file_fingerprint,
+    run_embed,
+)
 from .layout import OutputLayout
 from .methods import (
     MethodSettings,
@@ -86,6 +94,10 @@ class ScoreJob:
     engine: str = "local"  # local | ray
     ray_address: str | None = None
     argv: list[str] = field(default_factory=list)
+    # True when --beta-source was given on the command line (not just its
+    # default): with --beta it would be silently ignored, so that is an error.
+    # The CLI can only tell by asking click (ctx.get_parameter_source).
+    beta_source_explicit: bool = False
     # called with a phase name (embed, fit, index, transform, merge) as each
     # starts and with "done" at the end; benchmarks hang timers on it
     on_phase: object = None
@@ -131,6 +143,22 @@ def _check_settings(job: ScoreJob) -> None:
         )
     if st.beta_samples is not None and st.beta_samples < 2:
         raise ConfigError("--beta-samples must be at least 2")
+    if st.beta is not None:
+        if not math.isfinite(st.beta) or not -1.0 < st.beta < 1.0:
+            raise ConfigError(
+                f"--beta must be a finite cosine between -1 and 1, not {st.beta}"
+                " (outside that range every osa_weight is 0)"
+            )
+        if st.beta_source != "noise" or job.beta_source_explicit:
+            raise ConfigError(
+                f"--beta sets beta by hand, so --beta-source {st.beta_source} would be ignored; "
+                "give one of them"
+            )
+        if st.beta_samples is not None:
+            raise ConfigError(
+                "--beta sets beta by hand, so --beta-samples would be ignored; give one of them"
+            )
+    check_batch_and_workers(job.batch_size, job.workers)
 
 
 def _settings_json(settings: ScoreSettings) -> dict:
@@ -196,6 +224,11 @@ def _estimate_beta(
             "shuffled beta needs at least two scorable samples; none or one found"
         )
     i, j = sample_mismatched_indices(counts, k, st.seed)
+    if len(i) < k:
+        _log(
+            f"shuffled beta: {sum(counts)} scorable samples support {len(i)} independent "
+            f"mismatched pairs, not {k}: using K={len(i)}"
+        )
     return shuffled_beta_from_rows(
         _gather_rows(cache, stems, counts, i, "image"),
         _gather_rows(cache, stems, counts, j, "text"),
@@ -243,7 +276,7 @@ def _fit(job: ScoreJob, cache: EmbeddingCache, stems: list[str]) -> dict:
     st = job.settings
     counts = _ok_counts(cache, stems)
     if sum(counts) == 0:
-        raise NothingScoredError("nothing could be scored: no shard has a single usable sample")
+        raise NothingScoredError(_nothing_usable_message(job, cache, stems))
     fit: dict = {"settings": _settings_json(st), "scorers": {}}
     if "osa" in st.methods:
         beta = _estimate_beta(job, cache, stems, counts)
@@ -277,8 +310,80 @@ def _fit(job: ScoreJob, cache: EmbeddingCache, stems: list[str]) -> dict:
     return fit
 
 
+def _nothing_usable_message(job: ScoreJob, cache: EmbeddingCache, stems: list[str]) -> str:
+    """Why not one sample is scorable, with counts per status and a hint."""
+    status: Counter = Counter()
+    for stem in stems:
+        if cache.info(stem) is not None:
+            col = pq.read_table(cache.meta_path(stem), columns=["status"]).column("status")
+            status.update(col.to_pylist())
+        else:
+            status.update(cache.load(stem).meta.column("status").to_pylist())
+    n = sum(status.values())
+    where = f"{len(stems)} shard{'s' if len(stems) != 1 else ''}"
+    if n == 0:
+        return f"nothing could be scored: {where} without a single sample"
+    detail = ", ".join(f"{v} {k}" for k, v in status.most_common())
+    msg = f"nothing could be scored: {n} samples in {where}, none usable ({detail})"
+    spec = job.sample_spec
+    if job.embeddings is None and (status["missing_image"] or status["missing_text"]):
+        msg += (
+            f"; check --image-key (now {';'.join(spec.image_keys)}) and --text-key "
+            f"(now {spec.text_key}) against the shards' member names"
+        )
+    return msg
+
+
+def _fingerprints(job: ScoreJob, cache: EmbeddingCache, stems: list[str], paths: dict) -> dict:
+    """Each input's fingerprint as scored: for shards the one recorded when it
+    was embedded (run_embed has just checked it still matches the file), for
+    an embeddings folder its partition files."""
+    out = {}
+    for stem in stems:
+        if job.embeddings is None:
+            info = cache.info(stem) or {}
+            out[stem] = info.get("shard_fingerprint") or file_fingerprint(paths[stem])
+        else:
+            out[stem] = {
+                "metadata": file_fingerprint(cache.meta_path(stem)),
+                "img_emb": file_fingerprint(cache.img_path(stem)),
+                "text_emb": file_fingerprint(cache.text_path(stem)),
+            }
+    return out
+
+
+def _refuse_changed(layout: OutputLayout, stored: dict, current: dict, names: dict) -> None:
+    """ConfigError naming the inputs whose fingerprint differs from the one
+    the job recorded when it scored them (stale rows otherwise). A job from
+    before fingerprints were recorded has none: nothing to compare."""
+    recorded = stored.get("fingerprints") or {}
+    changed = [
+        (names.get(s, s), recorded[s], current[s])
+        for s in current
+        if recorded.get(s) is not None and recorded[s] != current[s]
+    ]
+    if changed:
+        raise ConfigError(
+            f"{len(changed)} input(s) changed since {layout.parts_dir} was scored: "
+            f"{describe_changes(changed)}; its rows are stale: pass --overwrite to "
+            "redo them, or choose another --out"
+        )
+
+
+def _read_fit(layout: OutputLayout) -> dict | None:
+    try:
+        return json.loads(layout.fit_path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _load_or_fit(
-    job: ScoreJob, layout: OutputLayout, cache: EmbeddingCache, stems: list[str]
+    job: ScoreJob,
+    layout: OutputLayout,
+    cache: EmbeddingCache,
+    stems: list[str],
+    fingerprints: dict | None = None,
+    names: dict | None = None,
 ) -> dict:
     if layout.fit_path.exists():
         try:
@@ -290,6 +395,7 @@ def _load_or_fit(
             and stored.get("settings") == _settings_json(job.settings)
             and stored.get("inputs") == stems
         ):
+            _refuse_changed(layout, stored, fingerprints or {}, names or {})
             return stored
         if stored:
             raise ConfigError(
@@ -298,8 +404,45 @@ def _load_or_fit(
             )
     fit = _fit(job, cache, stems)
     fit["inputs"] = stems
+    if fingerprints is not None:
+        fit["fingerprints"] = fingerprints
     write_json(layout.fit_path, fit)
     return fit
+
+
+def _warn_negative_beta(fit: dict) -> None:
+    beta = (fit.get("beta") or {}).get("value")
+    if beta is not None and beta < 0:
+        _log(
+            f"warning: beta = {beta:.4f} < 0: OSA's cubic gives the best matches "
+            f"(cosine > {1 + beta:.4f}) weight 0 and clean pairs less weight; "
+            "to keep pairs by OSA's own rule filter on cosine > beta, not osa_weight > 0"
+        )
+
+
+def _warn_missing_uids(job: ScoreJob, cache: EmbeddingCache, stems: list[str]) -> str | None:
+    """One warning when --uid-field was not found in some samples (their uid
+    is null); returns it. A warning, not an error: uids are an optional join
+    key that does not change any score, and the count is only known after
+    the embedding pass, whose work an error would throw away."""
+    field_name = job.sample_spec.uid_field
+    if not field_name or job.embeddings is not None:
+        return None
+    missing = total = 0
+    for stem in stems:
+        uid = pq.read_table(cache.meta_path(stem), columns=["uid"]).column("uid")
+        missing += uid.null_count
+        total += len(uid)
+    if not missing:
+        return None
+    msg = (
+        f"warning: --uid-field {field_name!r} missing in {missing} of {total} samples "
+        "(no .json member, or no such field): their uid is null"
+    )
+    if missing == total:
+        msg += "; check the field name"
+    _log(msg)
+    return msg
 
 
 class _Phases:
@@ -334,6 +477,7 @@ def run_score(job: ScoreJob) -> ScoreSummary:
     )
     phase = _Phases(summary, job.on_phase)
     phase("embed")
+    paths: dict = {}  # shard stem -> path (shards input)
     if job.embeddings is not None:
         cache = validate_dir(job.embeddings)
         layout.prepare(job.overwrite)
@@ -342,9 +486,18 @@ def run_score(job: ScoreJob) -> ScoreSummary:
     else:
         shards = expand_shards(job.shards)
         stems_all = [shard_stem(p) for p in shards]
+        paths = dict(zip(stems_all, shards))
         if len(set(stems_all)) != len(stems_all):
             raise ConfigError("two shards have the same name stem; sidecar parts would collide")
         layout.prepare(job.overwrite)
+        stored = None if job.overwrite else _read_fit(layout)
+        if stored:  # before the embedding pass: a changed shard is refused up front
+            _refuse_changed(
+                layout,
+                stored,
+                {s: file_fingerprint(paths[s]) for s in stems_all},
+                {s: paths[s].name for s in stems_all},
+            )
         cache = EmbeddingCache(job.cache or layout.default_cache)
         embed_report = run_embed(
             shards,
@@ -361,12 +514,17 @@ def run_score(job: ScoreJob) -> ScoreSummary:
         summary.fatal_shards = dict(embed_report.fatal)
         stems = [s for s in stems_all if s not in embed_report.fatal]
         if not stems:
-            raise NothingScoredError(
-                "no shard could be read: " + "; ".join(embed_report.fatal.values())
+            fatal = list(embed_report.fatal.values())
+            more = f"; and {len(fatal) - 3} more" if len(fatal) > 3 else ""
+            raise InputError(
+                f"no shard could be read ({len(fatal)} tried): " + "; ".join(fatal[:3]) + more
             )
+        _warn_missing_uids(job, cache, stems)
 
     phase("fit")
-    fit = _load_or_fit(job, layout, cache, stems)
+    names = {s: paths[s].name for s in stems if s in paths}
+    fit = _load_or_fit(job, layout, cache, stems, _fingerprints(job, cache, stems, paths), names)
+    _warn_negative_beta(fit)
     summary.fit = fit
     fit_id = _fit_id(fit)
     methods = job.settings.methods

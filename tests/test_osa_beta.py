@@ -69,7 +69,9 @@ def test_shuffled_beta_pairs_are_mismatched_and_seeded():
     pairs = _pairs(n=500, noise=0.1)
     b = shuffled_beta(pairs.image, pairs.text, k=4000, seed=0)
     # random unit vectors in 16-d: mismatched cosine centred near 0, matched near 1
-    assert abs(b.value) < 0.05 and b.se == pytest.approx(b.std / np.sqrt(4000))
+    # 500 rows support 500 independent mismatched pairs, not the 4000 asked for
+    assert b.k == b.n_pairs == 500
+    assert abs(b.value) < 0.05 and b.se == pytest.approx(b.std / np.sqrt(500))
     assert b.source == "shuffled"
 
 

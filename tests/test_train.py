@@ -7,8 +7,9 @@ import torch
 from conftest import TINY, run_cli
 
 from cleaner import shapes
-from cleaner.errors import InputError
+from cleaner.errors import ConfigError, InputError
 from cleaner.train import TrainConfig, retrieval_metrics, train
+from cleaner.weights import SidecarMismatchError
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +162,9 @@ def test_train_cli_and_mismatched_sidecar(shard_dir, scored, tiny_ckpt, tmp_path
         "--no-progress",
         check=False,
     )
-    assert proc.returncode == 3 and "20 of 20 training samples have no row" in proc.stderr
+    # a sidecar of other shards is the same mistake as in `nclean filter`: exit 2 there and here
+    assert proc.returncode == SidecarMismatchError.exit_code == 2, proc.stderr
+    assert "20 of 20 training samples have no row" in proc.stderr
 
 
 def test_retrieval_metrics_hand_case():
@@ -239,5 +242,134 @@ def test_nothing_selected_is_clear(shard_dir, scored, tiny_ckpt, tmp_path):
         pretrained=str(tiny_ckpt),
         progress=False,
     )
-    with pytest.raises(InputError, match="training rows"):
+    # the data is readable; the option selects nothing: a configuration error (exit 2)
+    with pytest.raises(ConfigError, match="0 training rows selected"):
         train(cfg)
+    assert not (tmp_path / "last.pt").exists()
+
+
+def _cfg(shard_dir, scored, tiny_ckpt, out, **kw):
+    base = dict(
+        shards=[str(shard_dir)],
+        out=str(out),
+        sidecar=str(scored),
+        model=TINY,
+        pretrained=str(tiny_ckpt),
+        progress=False,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def test_small_selection_keeps_last_checkpoint_only(shard_dir, scored, tiny_ckpt, tmp_path, capsys):
+    """5 rows at batch 64 under a step budget run one short epoch per step:
+    only last.pt (and metrics.json) by default, epoch_NNN.pt when asked, and
+    one warning that the selection is smaller than a batch."""
+    import pyarrow.parquet as pq
+
+    five = sorted(pq.read_table(scored, columns=["key"])["key"].to_pylist())[4]
+    where = f"status == 'ok' and key <= {five!r}"
+    run = tmp_path / "default"
+    history = train(
+        _cfg(shard_dir, scored, tiny_ckpt, run, method="filter", where=where, batch_size=64, steps=4)
+    )
+    assert len(history) == 4 and history[-1]["steps"] == 4 and history[-1]["train_rows"] == 5
+    assert sorted(p.name for p in run.iterdir()) == ["last.pt", "metrics.json"]
+    assert torch.load(run / "last.pt")  # a loadable state dict
+    err = capsys.readouterr().err
+    assert err.count("5 rows selected, fewer than one batch of 64") == 1, err
+
+    kept = tmp_path / "every"
+    train(
+        _cfg(shard_dir, scored, tiny_ckpt, kept, method="filter", where=where, batch_size=64,
+             steps=2, save_every_epoch=True)
+    )
+    assert sorted(p.name for p in kept.iterdir()) == [
+        "epoch_000.pt", "epoch_001.pt", "last.pt", "metrics.json"
+    ]
+
+
+def test_max_steps_caps_step_budget(shard_dir, scored, tiny_ckpt, tmp_path):
+    history = train(
+        _cfg(shard_dir, scored, tiny_ckpt, tmp_path, method="none", batch_size=16, steps=5, max_steps=2)
+    )
+    assert history[-1]["steps"] == 2
+
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ({"steps": -3}, "--steps"),
+        ({"steps": 0}, "--steps"),
+        ({"max_steps": 0}, "--max-steps"),
+        ({"batch_size": 0}, "--batch-size"),
+        ({"batch_size": -4}, "--batch-size"),
+        ({"epochs": 0}, "--epochs"),
+        ({"lr": 0.0}, "--lr"),
+        ({"lr": -1.0}, "--lr"),
+        ({"lr": float("nan")}, "--lr"),
+        ({"warmup_steps": -1}, "--warmup-steps"),
+        ({"method": "osa", "where": "sdd_keep"}, "only used with --method filter"),
+        ({"method": "none", "where": "sdd_keep"}, "only used with --method filter"),
+        ({"method": "filter", "where": "nocol > 1"}, "unknown column 'nocol'"),
+        ({"method": "filter", "where": "sps_partition"}, "gives text"),
+        ({"method": "filter", "where": "osa_weight"}, "must be true/false"),
+        ({"method": "filter", "where": "osa_weight >"}, "not valid"),
+        ({"method": "osa", "task": "classify", "classes": "x.txt"}, "--task classify supports"),
+    ],
+)
+def test_bad_settings_are_config_errors(bad, match, shard_dir, scored, tiny_ckpt, tmp_path):
+    """Rejected up front: nothing loaded, no run folder made."""
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=match):
+        train(_cfg(shard_dir, scored, tiny_ckpt, out, **bad))
+    assert not out.exists()
+
+
+def test_sidecar_without_method_columns(shard_dir, labelled, tiny_ckpt, tmp_path):
+    """A CLIPCleaner sidecar cannot drive --method sdd: a clear ConfigError, not a KeyError."""
+    with pytest.raises(ConfigError, match="needs sidecar column"):
+        train(_cfg(shard_dir, labelled / "sel.parquet", tiny_ckpt, tmp_path / "r", method="sdd"))
+
+
+@pytest.mark.parametrize("kind", ["missing", "not_parquet"])
+def test_unreadable_sidecar_is_input_error(kind, shard_dir, tiny_ckpt, tmp_path):
+    path = tmp_path / "nope.parquet" if kind == "missing" else tiny_ckpt
+    with pytest.raises(InputError, match="--sidecar: cannot read sidecar"):
+        train(_cfg(shard_dir, path, tiny_ckpt, tmp_path / "r", method="osa"))
+
+
+def test_bad_train_options_exit_cleanly(shard_dir, scored, tiny_ckpt, tmp_path):
+    """Through the CLI: one line, the documented exit code, no traceback."""
+    common = ["--model", TINY, "--pretrained", tiny_ckpt, "--no-progress"]
+    cases = [
+        (["--steps", "0"], 2, "--steps must be"),
+        (["--batch-size", "0"], 2, "--batch-size must be"),
+        (["--sidecar", scored, "--method", "filter", "--where", "nocol > 1"], 2, "unknown column"),
+        (["--sidecar", tmp_path / "missing.parquet", "--method", "osa"], 3, "cannot read sidecar"),
+    ]
+    for i, (args, code, text) in enumerate(cases):
+        proc = run_cli("train", shard_dir, *args, *common, "--out", tmp_path / f"r{i}", check=False)
+        assert proc.returncode == code, (args, proc.stderr)
+        assert text in proc.stderr and "Traceback" not in proc.stderr
+        assert "internal error" not in proc.stderr
+
+
+def test_classify_step_budget(labelled, tiny_ckpt, tmp_path):
+    """--steps drives the classifier too: exactly that many updates, over as
+    many epochs as it takes; max_steps caps it."""
+    base = dict(
+        shards=[str(labelled / "train")],
+        task="classify",
+        classes=str(labelled / "classes.txt"),
+        model=TINY,
+        pretrained=str(tiny_ckpt),
+        method="none",
+        batch_size=16,
+        lr=1e-2,
+        progress=False,
+    )
+    history = train(TrainConfig(out=str(tmp_path / "a"), steps=20, **base))
+    # 120 rows at batch 16: 8 updates per epoch, so 20 steps take 3 epochs
+    assert history[-1]["steps"] == 20 and len(history) == 3
+    history = train(TrainConfig(out=str(tmp_path / "b"), steps=20, max_steps=5, **base))
+    assert history[-1]["steps"] == 5 and len(history) == 1
