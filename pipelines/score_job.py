@@ -384,30 +384,48 @@ def _load_or_fit(
     stems: list[str],
     fingerprints: dict | None = None,
     names: dict | None = None,
+    unreadable: list[str] | None = None,
 ) -> dict:
     if layout.fit_path.exists():
         try:
             stored = json.loads(layout.fit_path.read_text())
         except (OSError, ValueError):
             stored = None
-        if (
-            stored
-            and stored.get("settings") == _settings_json(job.settings)
-            and stored.get("inputs") == stems
-        ):
+        same_settings = stored and stored.get("settings") == _settings_json(job.settings)
+        if same_settings and stored.get("inputs") == stems:
             _refuse_changed(layout, stored, fingerprints or {}, names or {})
             return stored
-        if stored:
+        if same_settings and _only_recovered(stored, stems):
+            # Shards that could not be read last time (exit 5) are readable
+            # now: the global fit must include them, so fit again; every
+            # part's fit_id changes and the parts are redone from the cache.
+            recovered = sorted(set(stems) - set(stored["inputs"]))
+            _refuse_changed(layout, stored, fingerprints or {}, names or {})
+            _log(
+                f"{len(recovered)} shard(s) unreadable last time can be read now "
+                f"({', '.join(recovered[:3])}{' ...' if len(recovered) > 3 else ''}): "
+                "fitting again over all shards"
+            )
+        elif stored:
             raise ConfigError(
                 f"{layout.parts_dir} holds results made with other settings or inputs; "
                 "pass --overwrite to redo them, or choose another --out"
             )
     fit = _fit(job, cache, stems)
     fit["inputs"] = stems
+    fit["unreadable"] = sorted(unreadable or [])
     if fingerprints is not None:
         fit["fingerprints"] = fingerprints
     write_json(layout.fit_path, fit)
     return fit
+
+
+def _only_recovered(stored: dict, stems: list[str]) -> bool:
+    """True when ``stems`` are the stored inputs plus shards the stored run
+    could not read (and nothing else changed)."""
+    before, now = stored.get("inputs") or [], set(stems)
+    added = now - set(before)
+    return bool(added) and set(before) <= now and added <= set(stored.get("unreadable") or [])
 
 
 def _warn_negative_beta(fit: dict) -> None:
@@ -523,7 +541,15 @@ def run_score(job: ScoreJob) -> ScoreSummary:
 
     phase("fit")
     names = {s: paths[s].name for s in stems if s in paths}
-    fit = _load_or_fit(job, layout, cache, stems, _fingerprints(job, cache, stems, paths), names)
+    fit = _load_or_fit(
+        job,
+        layout,
+        cache,
+        stems,
+        _fingerprints(job, cache, stems, paths),
+        names,
+        unreadable=list(summary.fatal_shards),
+    )
     _warn_negative_beta(fit)
     summary.fit = fit
     fit_id = _fit_id(fit)

@@ -266,6 +266,18 @@ def test_unreadable_shard_is_named_and_rest_scored(tmp_path, shard_dir, tiny_ckp
     )
     assert proc.returncode == 5 and "00001" in proc.stderr and "Traceback" not in proc.stderr
     assert len(pq.read_table(tmp_path / "o.parquet")) == 40
+    # the README's advice: mend the shard and rerun -> the fit is redone over
+    # all shards and every row is there exactly once
+    shutil.copy(sorted(shard_dir.glob("*.tar"))[1], d / "00001.tar")
+    args = ["score", d, "--out", tmp_path / "o.parquet", "--model", TINY]
+    args += ["--pretrained", tiny_ckpt, "--workers", "0", "--no-progress"]
+    proc = run_cli(*args, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "fitting again" in proc.stderr
+    t = pq.read_table(tmp_path / "o.parquet")
+    pairs = list(zip(t["shard"].to_pylist(), t["key"].to_pylist()))
+    assert len(t) == 80 and len(set(pairs)) == 80
+    assert {s for s, _ in pairs} == {"00000.tar", "00001.tar"}
 
 
 def test_nothing_scored_exits_nonzero(tmp_path, tiny_ckpt):
