@@ -20,8 +20,8 @@ Scoring: the pairs are written in the embedding-cache layout
 ``pipelines.score_job.run_score`` with ``--embeddings`` input and methods
 osa, sdd, sps, with OSA's beta from
 
-(a) ``shuffled``: the pipeline's own estimate, the mean cosine of K=10,000
-    seeded real mismatched pairs (METHODS.md section 1);
+(a) ``shuffled``: the pipeline's own estimate, the mean cosine of K (up to
+    10,000, at most one per row) seeded real mismatched pairs (METHODS.md section 1);
 (b) ``noise``: the released code's construction adapted to a text-only
     model. METHODS.md crosses K random "images" with K random token
     sequences; both towers are the same text model here, so *each side* is
@@ -456,8 +456,9 @@ def report(
     )
     bn = betas["noise"]
     paras.append(
-        "**Beta.** (a) `shuffled`: the pipeline's estimate, the mean cosine of K=10,000 seeded real "
-        "mismatched pairs. (b) `noise`: METHODS.md crosses K random images with K random token "
+        "**Beta.** (a) `shuffled`: the pipeline's estimate, the mean cosine of K seeded real "
+        "mismatched pairs, no image or caption used twice (K = min(10,000, scorable rows); the K used is in the "
+        "table). (b) `noise`: METHODS.md crosses K random images with K random token "
         "sequences; here both towers are the same text model, so each side is K="
         f"{bn.k} random token sequences, the two sides drawn independently: ids uniform over the "
         f"{emb_info['vocab']:,} WordPiece tokens that are neither special ([PAD], [UNK], [CLS], [SEP], "
