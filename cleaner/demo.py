@@ -200,7 +200,12 @@ def run_demo(out: Path, samples: int = 600, noise: float = 0.4, progress: bool =
     scored = table[(table.status == "ok") & table.clean.notna()]
     clean = scored.clean.astype(bool).to_numpy()
     verdicts = {
-        "OSA (osa_weight > 0)": (scored.osa_weight.to_numpy() > 0, scored.cosine.to_numpy()),
+        # OSA's own rule: d = cosine - beta > 0. (`osa_weight > 0` is the same
+        # only for beta >= 0: the small estimator's noise beta is negative,
+        # where the cubic is 0 beyond cosine = 1 + beta -- see README.)
+        "OSA (cosine > beta)": (
+            scored.cosine.to_numpy() > summary.fit["beta"]["value"], scored.cosine.to_numpy()
+        ),
         "SDD (sdd_keep)": (scored.sdd_keep.to_numpy(bool), scored.sdd_w_con.to_numpy()),
         "SPS (partition != noisy)": ((scored.sps_partition != "noisy").to_numpy(), scored.sps_clean_prob.to_numpy()),
     }
