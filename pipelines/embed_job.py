@@ -136,7 +136,8 @@ def run_embed(
             if info.get("identity") != identity:
                 raise ConfigError(
                     f"the embedding cache {cache.root} holds shard {stem} made with other settings "
-                    f"({info.get('identity', {}).get('estimator', 'unknown')}); pass --overwrite or another --cache"
+                    f"({info.get('identity', {}).get('estimator', 'unknown')}); pass --overwrite, or another "
+                    "folder (--out for nclean embed, --cache for nclean score)"
                 )
             # a partition from before fingerprints were recorded: nothing to compare
             recorded = info.get("shard_fingerprint")
