@@ -20,6 +20,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TINY = "nclean-tiny"
 
 
+def tiny_args(ckpt, workers=0) -> list[str]:
+    """The CLI options that point a command at the tiny test model."""
+    return ["--model", TINY, "--pretrained", str(ckpt), "--workers", str(workers), "--no-progress"]
+
+
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
     return save_random_checkpoint(TINY, tmp_path_factory.mktemp("ckpt") / "tiny.pt", seed=0)

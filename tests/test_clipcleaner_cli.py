@@ -6,7 +6,7 @@ import tarfile
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import TINY, run_cli
+from conftest import TINY, run_cli, tiny_args
 
 from cleaner import schema as S
 from cleaner import shapes
@@ -57,13 +57,7 @@ def test_clipcleaner_command(labelled, tiny_ckpt):
         root / "classes.txt",
         "--out",
         out,
-        "--model",
-        TINY,
-        "--pretrained",
-        tiny_ckpt,
-        "--workers",
-        "0",
-        "--no-progress",
+        *tiny_args(tiny_ckpt),
         "--folds",
         "3",
     )
@@ -100,13 +94,7 @@ def test_clipcleaner_command(labelled, tiny_ckpt):
         root / "classes.txt",
         "--out",
         out,
-        "--model",
-        TINY,
-        "--pretrained",
-        tiny_ckpt,
-        "--workers",
-        "0",
-        "--no-progress",
+        *tiny_args(tiny_ckpt),
         "--folds",
         "3",
     )
@@ -127,13 +115,7 @@ def test_label_from_json_field(labelled, tiny_ckpt, tmp_path):
         "json:label",
         "--out",
         out,
-        "--model",
-        TINY,
-        "--pretrained",
-        tiny_ckpt,
-        "--workers",
-        "0",
-        "--no-progress",
+        *tiny_args(tiny_ckpt),
         "--induced",
         "in-sample",
     )

@@ -8,7 +8,7 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import TINY, run_cli
+from conftest import run_cli, tiny_args
 
 from cleaner import schema as S
 from cleaner import shapes
@@ -24,21 +24,7 @@ def many_shards(tmp_path_factory):
 
 
 def _args(shards, out, ckpt):
-    return [
-        "score",
-        shards,
-        "--out",
-        out,
-        "--model",
-        TINY,
-        "--pretrained",
-        ckpt,
-        "--workers",
-        "0",
-        "--no-progress",
-        "--beta-samples",
-        "16",
-    ]
+    return ["score", shards, "--out", out, *tiny_args(ckpt), "--beta-samples", "16"]
 
 
 @pytest.fixture(scope="module")

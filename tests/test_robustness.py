@@ -42,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import TINY, run_cli
+from conftest import TINY, run_cli, tiny_args
 from PIL import Image, ImageFile
 
 from cleaner import schema as S
@@ -390,21 +390,8 @@ def test_empty_tar(tmp_path, monkeypatch, capsys, tiny_ckpt):
     d = tmp_path / "only"
     d.mkdir()
     _tar(d / "e.tar", [])
-    code, err = _cli(
-        monkeypatch,
-        capsys,
-        "score",
-        d,
-        "--out",
-        tmp_path / "o",
-        "--model",
-        TINY,
-        "--pretrained",
-        tiny_ckpt,
-        "--workers",
-        "0",
-        "--no-progress",
-    )
+    args = ["score", d, "--out", tmp_path / "o", *tiny_args(tiny_ckpt)]
+    code, err = _cli(monkeypatch, capsys, *args)
     assert code == 4
     _one_line_error(err, "nothing could be scored")
 
@@ -494,21 +481,8 @@ def test_checkpoint_of_another_architecture(tmp_path, small_shards, monkeypatch,
     not_a_ckpt = tmp_path / "junk.pt"
     not_a_ckpt.write_bytes(b"not a checkpoint" * 64)
     for path in (ckpt, not_a_ckpt):
-        code, err = _cli(
-            monkeypatch,
-            capsys,
-            "score",
-            small_shards,
-            "--out",
-            tmp_path / "o",
-            "--model",
-            TINY,
-            "--pretrained",
-            path,
-            "--workers",
-            "0",
-            "--no-progress",
-        )
+        args = ["score", small_shards, "--out", tmp_path / "o", *tiny_args(path)]
+        code, err = _cli(monkeypatch, capsys, *args)
         assert code == 2
         _one_line_error(err, "does not fit model")
 
@@ -700,13 +674,7 @@ def robust_run(request, tmp_path_factory):
             d,
             "--out",
             out,
-            "--model",
-            TINY,
-            "--pretrained",
-            tiny_ckpt,
-            "--workers",
-            "0",
-            "--no-progress",
+            *tiny_args(tiny_ckpt),
             check=False,
             timeout=180,
         )

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import TINY, run_cli
+from conftest import TINY, run_cli, tiny_args
 
 from cleaner import schema as S
 
@@ -36,13 +36,7 @@ def scored(shard_dir, tiny_ckpt, tmp_path_factory):
         shard_dir,
         "--out",
         out,
-        "--model",
-        TINY,
-        "--pretrained",
-        tiny_ckpt,
-        "--workers",
-        "1",
-        "--no-progress",
+        *tiny_args(tiny_ckpt, workers=1),
         "--uid-field",
         "uid",
     )
@@ -103,13 +97,7 @@ def test_second_run_is_byte_identical_noop(scored, shard_dir, tiny_ckpt):
         shard_dir,
         "--out",
         out,
-        "--model",
-        TINY,
-        "--pretrained",
-        tiny_ckpt,
-        "--workers",
-        "1",
-        "--no-progress",
+        *tiny_args(tiny_ckpt, workers=1),
         "--uid-field",
         "uid",
     )
@@ -250,28 +238,13 @@ def test_unreadable_shard_is_named_and_rest_scored(tmp_path, shard_dir, tiny_ckp
     shutil.copy(sorted(shard_dir.glob("*.tar"))[0], d / "00000.tar")
     (d / "00001.tar").write_bytes(b"garbage, not a tar" * 100)
     (d / "00002.tar").write_bytes(b"")  # empty shard: zero rows, not an error
-    proc = run_cli(
-        "score",
-        d,
-        "--out",
-        tmp_path / "o.parquet",
-        "--model",
-        TINY,
-        "--pretrained",
-        tiny_ckpt,
-        "--workers",
-        "0",
-        "--no-progress",
-        check=False,
-    )
+    proc = run_cli("score", d, "--out", tmp_path / "o.parquet", *tiny_args(tiny_ckpt), check=False)
     assert proc.returncode == 5 and "00001" in proc.stderr and "Traceback" not in proc.stderr
     assert len(pq.read_table(tmp_path / "o.parquet")) == 40
     # the README's advice: mend the shard and rerun -> the fit is redone over
     # all shards and every row is there exactly once
     shutil.copy(sorted(shard_dir.glob("*.tar"))[1], d / "00001.tar")
-    args = ["score", d, "--out", tmp_path / "o.parquet", "--model", TINY]
-    args += ["--pretrained", tiny_ckpt, "--workers", "0", "--no-progress"]
-    proc = run_cli(*args, check=False)
+    proc = run_cli("score", d, "--out", tmp_path / "o.parquet", *tiny_args(tiny_ckpt), check=False)
     assert proc.returncode == 0, proc.stderr
     assert "fitting again" in proc.stderr
     t = pq.read_table(tmp_path / "o.parquet")
@@ -285,18 +258,5 @@ def test_nothing_scored_exits_nonzero(tmp_path, tiny_ckpt):
 
     p = tmp_path / "bad.tar"
     shapes.write_corrupt_samples(p, kinds=["truncated_jpeg", "not_an_image", "empty_caption"])
-    proc = run_cli(
-        "score",
-        p,
-        "--out",
-        tmp_path / "o",
-        "--model",
-        TINY,
-        "--pretrained",
-        tiny_ckpt,
-        "--workers",
-        "0",
-        "--no-progress",
-        check=False,
-    )
+    proc = run_cli("score", p, "--out", tmp_path / "o", *tiny_args(tiny_ckpt), check=False)
     assert proc.returncode == 4 and "nothing could be scored" in proc.stderr

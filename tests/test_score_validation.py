@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import TINY, run_cli
+from conftest import TINY, run_cli, tiny_args
 
 from cleaner import schema as S
 from cleaner import shapes
@@ -68,20 +68,7 @@ def _one_line_error(err: str, *needles: str) -> str:
 
 
 def _score_args(shards, out, ckpt, *extra):
-    return [
-        "score",
-        shards,
-        "--out",
-        out,
-        "--model",
-        TINY,
-        "--pretrained",
-        ckpt,
-        "--workers",
-        "0",
-        "--no-progress",
-        *extra,
-    ]
+    return ["score", shards, "--out", out, *tiny_args(ckpt), *extra]
 
 
 @pytest.fixture(scope="module")

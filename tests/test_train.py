@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY, run_cli
+from conftest import TINY, run_cli, tiny_args
 
 from cleaner import shapes
 from cleaner.errors import ConfigError, InputError
@@ -22,13 +22,7 @@ def scored(shard_dir, tiny_ckpt, tmp_path_factory):
         shard_dir,
         "--out",
         out,
-        "--model",
-        TINY,
-        "--pretrained",
-        tiny_ckpt,
-        "--workers",
-        "0",
-        "--no-progress",
+        *tiny_args(tiny_ckpt),
         "--beta-samples",
         "16",
         "--sdd-alpha",
@@ -194,13 +188,7 @@ def labelled(tmp_path_factory, tiny_ckpt):
         "2",
         "--out",
         root / "sel.parquet",
-        "--model",
-        TINY,
-        "--pretrained",
-        tiny_ckpt,
-        "--no-progress",
-        "--workers",
-        "0",
+        *tiny_args(tiny_ckpt),
     )
     return root
 
