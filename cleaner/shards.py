@@ -211,8 +211,10 @@ def _read_indexed(
                 )
         # Pass 2: read wanted members by offset, samples (repeats included)
         # in the order their first member appears, so `index` is the
-        # sample's position in the shard -- the same number the streaming
-        # reader gives a .tar.gz copy of it.
+        # sample's position in the shard -- the number the streaming reader
+        # gives a .tar.gz copy of it when each sample's members are
+        # contiguous (webdataset's layout). Members of one key scattered
+        # through the tar are one sample here but several (flagged) there.
         samples = [(infos[0].offset, key, infos, False) for key, infos in groups.items()]
         samples += [
             (infos[0].offset, key, infos, True) for key, extra in repeats.items() for infos in extra
@@ -256,6 +258,7 @@ def _read_streaming(
         raise ShardReadError(f"{path} is not a readable tar file ({exc})") from None
     seen: set[str] = set()
     current: RawSample | None = None
+    current_exts: set[str] = set()  # every member extension of `current`, wanted or not
     index = 0
     with tf:
         try:
@@ -267,15 +270,20 @@ def _read_streaming(
                     report.warnings.append(f"member without extension skipped: {info.name!r}")
                     continue
                 key, ext = split
-                if current is None or key != current.key:
+                # a new sample starts at a new key -- or at the same key and
+                # extension again right after it (a whole repeated sample),
+                # which must not overwrite the first one's members
+                if current is None or key != current.key or ext in current_exts:
                     if current is not None:
                         yield current
                     current = RawSample(key=key, index=index)
+                    current_exts = set()
                     index += 1
                     if key in seen:
                         current.problem = "duplicate_key"
                         current.problem_detail = f"key {key!r} appears more than once in the shard"
                     seen.add(key)
+                current_exts.add(ext)
                 if wanted is None or ext in wanted:
                     data = tf.extractfile(info)
                     current.members[ext] = data.read() if data is not None else None

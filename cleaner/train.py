@@ -67,7 +67,8 @@ class TrainConfig:
     # A fixed step budget (DataComp's fixed samples-seen): overrides epochs,
     # so a filtered set of half the rows runs twice the epochs and every
     # method gets the same number of updates. A step is one optimiser update
-    # (pairs: full batches only; classify: the last batch of an epoch may be
+    # (pairs: full batches only, or one partial batch when fewer rows than
+    # batch_size are selected; classify: the last batch of an epoch may be
     # partial). With both set, max_steps caps: min(steps, max_steps) updates,
     # the learning-rate schedule still spanning the smaller of the two.
     steps: int | None = None
@@ -442,6 +443,12 @@ def _validate(cfg: TrainConfig) -> None:
         and cfg.weight_decay >= 0
     ):
         raise ConfigError(f"--weight-decay must be a finite number >= 0, not {cfg.weight_decay!r}")
+    if cfg.logit_scale is not None and not (
+        isinstance(cfg.logit_scale, (int, float)) and 0 < cfg.logit_scale <= 100
+    ):
+        raise ConfigError(
+            f"logit_scale must be in (0, 100] (CLIP clamps at 100), not {cfg.logit_scale!r}"
+        )
     if cfg.where is not None and cfg.method != "filter":
         raise ConfigError("--where is only used with --method filter")
     if cfg.task == "pairs":

@@ -119,6 +119,24 @@ def test_index_is_position_in_shard_with_repeated_keys(tmp_path):
     assert rows["tar"][3][2] == "duplicate_key"
 
 
+def test_back_to_back_repeat_is_its_own_row_in_both_readers(tmp_path):
+    """`a.jpg a.txt a.jpg a.txt b.*`: the second `a` is a flagged row of its
+    own; the streaming reader used to merge it into the first (one sample
+    silently lost)."""
+    import gzip
+
+    members = [("a.jpg", b"A1"), ("a.txt", b"1"), ("a.jpg", b"A2"), ("a.txt", b"2")]
+    members += [("b.jpg", b"B"), ("b.txt", b"3")]
+    plain = _tar(tmp_path / "s.tar", members)
+    gz = tmp_path / "s.tar.gz"
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+    for p in (plain, gz):
+        got = [(x.key, x.index, x.problem, x.members.get("jpg")) for x in read_shard(p)]
+        assert got == [
+            ("a", 0, None, b"A1"), ("a", 1, "duplicate_key", b"A2"), ("b", 2, None, b"B")
+        ], p.name
+
+
 def test_wanted_members_only_but_sample_kept(tmp_path):
     p = _tar(tmp_path / "s.tar", [("a.jpg", b"A"), ("a.txt", b"t"), ("b.xyz", b"?")])
     samples = list(read_shard(p, wanted={"jpg", "txt"}))

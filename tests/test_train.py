@@ -296,6 +296,8 @@ def test_max_steps_caps_step_budget(shard_dir, scored, tiny_ckpt, tmp_path):
         ({"lr": -1.0}, "--lr"),
         ({"lr": float("nan")}, "--lr"),
         ({"warmup_steps": -1}, "--warmup-steps"),
+        ({"logit_scale": 0.0}, "logit_scale"),
+        ({"logit_scale": 150.0}, "logit_scale"),
         ({"method": "osa", "where": "sdd_keep"}, "only used with --method filter"),
         ({"method": "none", "where": "sdd_keep"}, "only used with --method filter"),
         ({"method": "filter", "where": "nocol > 1"}, "unknown column 'nocol'"),
