@@ -357,6 +357,14 @@ def _refuse_changed(layout: OutputLayout, stored: dict, current: dict, names: di
     the job recorded when it scored them (stale rows otherwise). A job from
     before fingerprints were recorded has none: nothing to compare."""
     recorded = stored.get("fingerprints") or {}
+    kinds = {
+        frozenset(fp) for fp in (*recorded.values(), *current.values()) if isinstance(fp, dict)
+    }
+    if len(kinds) > 1:  # shard files ({size, mtime_ns}) vs embedding partitions
+        raise ConfigError(
+            f"{layout.parts_dir} was scored from another kind of input (shards vs --embeddings); "
+            "pass --overwrite to redo it from this one, or choose another --out"
+        )
     changed = [
         (names.get(s, s), recorded[s], current[s])
         for s in current

@@ -406,3 +406,20 @@ def test_fit_json_records_fingerprints(shard_dir, tiny_ckpt, tmp_path, monkeypat
     for stem in fit["inputs"]:
         st = (shard_dir / f"{stem}.tar").stat()
         assert fit["fingerprints"][stem] == {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def test_switching_input_kind_into_the_same_out_is_named(
+    shards_copy, tiny_ckpt, tmp_path, monkeypatch, capsys
+):
+    """Scored from shards, then rerun on the job's own embeddings into the
+    same --out: refused with a message that says why (not "changed")."""
+    out = tmp_path / "w.parquet"
+    extra = ("--methods", "osa", "--beta-source", "shuffled")
+    code, err = _cli(monkeypatch, capsys, *_score_args(shards_copy, out, tiny_ckpt, *extra))
+    assert code == 0, err
+    emb = out.with_suffix(".parts") / "_nclean" / "embeddings"
+    code, err = _cli(
+        monkeypatch, capsys, "score", "--embeddings", emb, "--out", out, "--no-progress", *extra
+    )
+    assert code == 2
+    _one_line_error(err, "another kind of input", "--overwrite")
