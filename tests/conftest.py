@@ -6,7 +6,9 @@ Everything is made locally (no hub): the checkpoint is a random-initialised
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +53,31 @@ def run_cli(*args, check=True, timeout=300, env=None) -> subprocess.CompletedPro
             f"nclean {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stderr[-3000:]}"
         )
     return proc
+
+
+@contextlib.contextmanager
+def deadline(seconds: float):
+    """Fail instead of hanging (in-process cases; subprocesses use timeout=)."""
+
+    def fire(signum, frame):
+        raise TimeoutError(f"took longer than {seconds}s")
+
+    old = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def cli_in_process(monkeypatch, capsys, *args, timeout=120) -> tuple[int, str]:
+    """The console entry point in-process: (exit code, stderr), never a traceback."""
+    from cleaner.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["nclean", *map(str, args)])
+    with deadline(timeout), pytest.raises(SystemExit) as exc:
+        main()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return exc.value.code, err

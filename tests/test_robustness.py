@@ -25,13 +25,10 @@ cropped to MAX_ASPECT_RATIO first, cleaner/decode.py).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
 import json
-import signal
 import struct
-import sys
 import tarfile
 import time
 import zlib
@@ -42,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import TINY, run_cli, tiny_args
+from conftest import TINY, cli_in_process, deadline, run_cli, tiny_args
 from PIL import Image, ImageFile
 
 from cleaner import schema as S
@@ -54,20 +51,7 @@ from cleaner.shards import ShardReport, read_shard
 # -- helpers -----------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _deadline(seconds: float):
-    """Fail instead of hanging (in-process cases; subprocesses use timeout=)."""
-
-    def fire(signum, frame):
-        raise TimeoutError(f"took longer than {seconds}s")
-
-    old = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+_deadline = deadline
 
 
 def _enc(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -160,16 +144,7 @@ def _prepare(est, members: dict, transform=None, **spec):
         )
 
 
-def _cli(monkeypatch, capsys, *args, timeout=60) -> tuple[int, str]:
-    """The console entry point in-process: (exit code, stderr)."""
-    from cleaner.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["nclean", *map(str, args)])
-    with _deadline(timeout), pytest.raises(SystemExit) as exc:
-        main()
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    return exc.value.code, err
+_cli = functools.partial(cli_in_process, timeout=60)
 
 
 def _one_line_error(err: str, needle: str) -> None:

@@ -10,19 +10,17 @@ subprocess.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import shutil
 import signal
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import TINY, run_cli, tiny_args
+from conftest import TINY, cli_in_process, run_cli, tiny_args
 
 from cleaner import schema as S
 from cleaner import shapes
@@ -32,30 +30,7 @@ from cleaner.errors import ConfigError, InputError, NothingScoredError
 # -- helpers -----------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _deadline(seconds: float):
-    def fire(signum, frame):
-        raise TimeoutError(f"took longer than {seconds}s")
-
-    old = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
-def _cli(monkeypatch, capsys, *args, timeout=120) -> tuple[int, str]:
-    """The console entry point in-process: (exit code, stderr)."""
-    from cleaner.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["nclean", *map(str, args)])
-    with _deadline(timeout), pytest.raises(SystemExit) as exc:
-        main()
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    return exc.value.code, err
+_cli = cli_in_process
 
 
 def _one_line_error(err: str, *needles: str) -> str:
