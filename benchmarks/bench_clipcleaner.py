@@ -49,8 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import md_table, write_section  # noqa: E402
 
-from cleaner.scorers.base import Pairs  # noqa: E402
-from cleaner.scorers.clipcleaner import (  # noqa: E402
+from cleaner.methods.base import Pairs  # noqa: E402
+from cleaner.methods.clipcleaner.scorer import (  # noqa: E402
     CLIPCleanerScorer,
     induced_log_probs,
     zero_shot_probs,

@@ -1,6 +1,6 @@
 """Detection quality in the shapes world with a pre-trained estimator.
 
-Estimator: :func:`cleaner.pretrain.pretrained_estimator` -- a small open_clip
+Estimator: :func:`cleaner.estimator.pretrain.pretrained_estimator` -- a small open_clip
 model pre-trained contrastively on CLEAN shapes-world pairs of the default
 domain (cached under ``.cache/nclean``; trained on the first run, a few
 minutes on CPU). Its held-out zero-shot retrieval is reported.
@@ -124,7 +124,7 @@ def _ready(folder: Path, settings: dict) -> bool:
 def _write_set(folder: Path, samples: list[dict], noisy: np.ndarray, settings: dict) -> None:
     import shutil
 
-    from cleaner import shapes
+    from cleaner.worlds import shapes
 
     shutil.rmtree(folder, ignore_errors=True)
     shapes.write_shards(samples, folder / "shards", shard_size=1000)
@@ -139,7 +139,7 @@ def _write_set(folder: Path, samples: list[dict], noisy: np.ndarray, settings: d
 
 def build_sets(n: int) -> dict[str, Path]:
     """Write (or reuse) every data set; returns name -> folder."""
-    from cleaner import shapes
+    from cleaner.worlds import shapes
 
     out: dict[str, Path] = {}
     base: dict[str, list[dict]] = {}
@@ -183,8 +183,8 @@ def build_sets(n: int) -> dict[str, Path]:
 
 
 def _class_files(folder: Path) -> tuple[Path, Path]:
-    from cleaner.pretrain import shape_prompts
-    from cleaner.shapes import SHAPES
+    from cleaner.estimator.pretrain import shape_prompts
+    from cleaner.worlds.shapes import SHAPES
 
     folder.mkdir(parents=True, exist_ok=True)
     classes = folder / "classes.txt"
@@ -265,8 +265,8 @@ def score_caption_set(folder: Path, model: str, ckpt: Path, progress: bool) -> d
 def score_label_set(
     folder: Path, model: str, ckpt: Path, classes: Path, prompts: Path, progress: bool
 ) -> dict:
-    from cleaner.embcache import EmbeddingCache
-    from cleaner.scorers.clipcleaner import _from_b64_f32, zero_shot_probs
+    from cleaner.io.embcache import EmbeddingCache
+    from cleaner.methods.clipcleaner.scorer import _from_b64_f32, zero_shot_probs
     from pipelines.methods import MethodSettings
     from pipelines.score_job import ScoreJob, ScoreSettings, run_score
 
@@ -632,7 +632,7 @@ def main() -> None:
 
     import torch
 
-    from cleaner.pretrain import DEFAULT_MODEL, estimator_info, pretrained_estimator
+    from cleaner.estimator.pretrain import DEFAULT_MODEL, estimator_info, pretrained_estimator
 
     torch.set_num_threads(1)
     t0 = time.time()
@@ -669,10 +669,10 @@ def main() -> None:
         plots.append((name, path))
 
     # zero-shot accuracy with the built-in CLIP templates, for context
-    from cleaner.estimator import load_estimator
-    from cleaner.prompts import build_prompts
-    from cleaner.scorers.clipcleaner import zero_shot_probs
-    from cleaner.shapes import SHAPES
+    from cleaner.estimator.model import load_estimator
+    from cleaner.estimator.prompts import build_prompts
+    from cleaner.methods.clipcleaner.scorer import zero_shot_probs
+    from cleaner.worlds.shapes import SHAPES
 
     est = load_estimator(model, str(ckpt), "cpu", "fp32")
     texts, cop = build_prompts(SHAPES)
@@ -696,7 +696,7 @@ def main() -> None:
     body = [
         f"Estimator: `{model}` (`cleaner/configs/{model}.json`: a width-16 ModifiedResNet image tower and "
         "the tiny 2-layer text tower; why not `nclean-tiny`: see `cleaner/pretrain.py`) "
-        f"pre-trained by `cleaner.pretrain.pretrained_estimator` on {st['samples']} clean default-domain "
+        f"pre-trained by `cleaner.estimator.pretrain.pretrained_estimator` on {st['samples']} clean default-domain "
         f"pairs, {st['epochs']} epochs, batch {st['batch_size']}, lr {st['lr']:g} "
         f"({info['train_seconds']:.0f} s of training when it was made; cached as `.cache/nclean/{ckpt.name}`, "
         f"{'trained in this run' if pretrain_s > 30 else 'reused from the cache'}). "

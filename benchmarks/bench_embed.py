@@ -7,7 +7,7 @@ code path), on web-like JPEG shards of the seeded shapes world (the ViT
 gets the first samples of the same stream, in smaller shards, as it is ~100x
 slower); each estimator's three measurements use the same shards:
 
-1. **decode only**: ``cleaner.embed.iter_prepared`` over the shards with the
+1. **decode only**: ``cleaner.estimator.embed.iter_prepared`` over the shards with the
    same worker count and batch size as end-to-end, no model;
 2. **model only**: ``encode_images(normalise_uint8(uint8 batch))`` +
    ``encode_text(tokens)`` on the same batches pre-decoded and held in memory
@@ -89,7 +89,7 @@ def make_shards(n: int, image_size: int, shard_size: int, seed: int = 0) -> list
     Samples depend only on (seed, index), so shard sets of other sizes made
     with the same seed hold the same images and captions.
     """
-    from cleaner import shapes
+    from cleaner.worlds import shapes
 
     out = WORK / f"shards_{image_size}px_{n}x_{shard_size}per"
     manifest = out / "manifest.json"
@@ -147,10 +147,10 @@ def timed(fn) -> tuple[int, float, float]:
 def bench_estimator(plan: Plan, shards: list[Path], workers: list[int], one_thread: bool) -> dict:
     import torch
 
-    from cleaner.decode import SampleSpec
-    from cleaner.embcache import EmbeddingCache
-    from cleaner.embed import iter_prepared
-    from cleaner.estimator import save_random_checkpoint
+    from cleaner.estimator.embed import iter_prepared
+    from cleaner.estimator.model import save_random_checkpoint
+    from cleaner.io.decode import SampleSpec
+    from cleaner.io.embcache import EmbeddingCache
     from pipelines.embed_job import EstimatorSpec, run_embed
 
     ckpt = save_random_checkpoint(plan.model, WORK / "checkpoints" / f"{plan.model}.safetensors")

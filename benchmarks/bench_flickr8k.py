@@ -15,7 +15,7 @@ random order and each takes the caption of the next one in that order (one
 cycle, so no image keeps its own caption).
 
 Scoring: the pairs are written in the embedding-cache layout
-(``cleaner.synthetic.write_embedding_dir``: ``img_emb/``, ``text_emb/``,
+(``cleaner.worlds.synthetic.write_embedding_dir``: ``img_emb/``, ``text_emb/``,
 ``metadata/``; float16 as the cache stores them) and scored by
 ``pipelines.score_job.run_score`` with ``--embeddings`` input and methods
 osa, sdd, sps, with OSA's beta from
@@ -31,7 +31,7 @@ osa, sdd, sps, with OSA's beta from
     never-trained ``[unusedN]`` placeholders; each sequence's length is drawn
     from the content-token lengths of the benchmark's captions, and it is
     wrapped in [CLS] ... [SEP] as the tokenizer wraps real text. Beta is
-    ``cleaner.beta._grid_estimate`` on the K x K cross cosines, handed to
+    ``cleaner.methods.beta._grid_estimate`` on the K x K cross cosines, handed to
     ``run_score`` as ``ScoreSettings(beta=value)``. Because such a "noise"
     beta depends on the sequence length, the run also reports it for fixed
     lengths 16/32/77 without [CLS]/[SEP] (the released code's style).
@@ -79,8 +79,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS_DIR, md_table, write_section  # noqa: E402
 
-from cleaner.beta import _grid_estimate  # noqa: E402
-from cleaner.synthetic import write_embedding_dir  # noqa: E402
+from cleaner.methods.beta import _grid_estimate  # noqa: E402
+from cleaner.worlds.synthetic import write_embedding_dir  # noqa: E402
 from pipelines.methods import MethodSettings  # noqa: E402
 from pipelines.score_job import ScoreJob, ScoreSettings, run_score  # noqa: E402
 
@@ -464,7 +464,7 @@ def report(
         f"{emb_info['vocab']:,} WordPiece tokens that are neither special ([PAD], [UNK], [CLS], [SEP], "
         "[MASK]) nor untrained `[unusedN]` placeholders, each sequence's length drawn from the "
         "benchmark captions' content-token lengths, wrapped in [CLS] ... [SEP] as real text is. Beta is "
-        f"`cleaner.beta._grid_estimate` over the {bn.n_pairs:,} cross cosines, passed to `run_score` as "
+        f"`cleaner.methods.beta._grid_estimate` over the {bn.n_pairs:,} cross cosines, passed to `run_score` as "
         "`ScoreSettings(beta=value)`."
     )
     rows = []
@@ -606,7 +606,7 @@ def report(
         f"Scale: MiniLM puts two captions of the same image at cosine {d0['clean_mean']:.2f} ± "
         f"{d0['clean_std']:.2f} and two captions of different images at {d0['noisy_mean']:.2f} ± "
         f"{d0['noisy_std']:.2f}, a gap of {d0['clean_mean'] - d0['noisy_mean']:.2f}; CLIP's image-text "
-        "cosines are about 0.3 vs 0.1 (what `cleaner.synthetic` imitates), a gap near 0.2. SDD's "
+        "cosines are about 0.3 vs 0.1 (what `cleaner.worlds.synthetic` imitates), a gap near 0.2. SDD's "
         f"thresholds were set for CLIP: alpha = 20 sits at cosine 0.20, where {d0['noisy_above_20']:.1f}% "
         f"of the noisy pairs are still above it and {100 - d0['clean_above_20']:.1f}% of the clean ones "
         f"below; the label-chosen best cut is {first['oracle_threshold']:.2f}. beta_c = 30 puts "

@@ -60,7 +60,7 @@ def _tree_rss_kib(pid: int) -> int:
 def child(n_shards: int, shard_size: int) -> None:
     """Run one scoring job in this process and print per-phase peaks (MiB)."""
     sys.path.insert(0, str(HERE.parent))
-    from cleaner.estimator import save_random_checkpoint
+    from cleaner.estimator.model import save_random_checkpoint
     from pipelines.embed_job import EstimatorSpec
     from pipelines.score_job import ScoreJob, ScoreSettings, run_score
 
@@ -106,7 +106,7 @@ def main() -> None:
     started = time.time()
     shard_size = 30 if quick else 100
     sys.path.insert(0, str(HERE.parent))
-    from cleaner import shapes
+    from cleaner.worlds import shapes
 
     shards = WORK / "shards"
     marker = shards / f".made_{shard_size}"

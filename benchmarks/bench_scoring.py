@@ -2,7 +2,7 @@
 
 For each size N (100k and 1M pairs; 10k and 100k with ``--quick``):
 
-1. **data** (not timed): ``cleaner.synthetic.make_pair_mixture`` -- CLIP-like
+1. **data** (not timed): ``cleaner.worlds.synthetic.make_pair_mixture`` -- CLIP-like
    512-d pairs around shared cluster centres, 30% mismatched -- written with
    ``write_embedding_dir`` as 10k-row cache partitions under
    ``benchmarks/_work/scoring/`` and reused while the settings match. The
@@ -71,7 +71,7 @@ GIB = 2**30
 
 # --------------------------------------------------------------------- data
 def _write_dataset(n: int, seed: int, out: Path) -> None:
-    from cleaner.synthetic import make_pair_mixture, write_embedding_dir
+    from cleaner.worlds.synthetic import make_pair_mixture, write_embedding_dir
 
     t0 = time.perf_counter()
     image, text, noisy = make_pair_mixture(n, dim=DIM, noise_fraction=NOISE, seed=seed)
@@ -170,30 +170,30 @@ class PhaseMonitor:
 # _build_ivf). A timer per call, a few thousand calls per run: no measurable
 # overhead, and nothing about the code's behaviour changes.
 HOT = [
-    ("cleaner.embcache", "EmbeddingCache", "load", "read + validate a cache partition (each pass)"),
+    ("cleaner.io.embcache", "EmbeddingCache", "load", "read + validate a cache partition (each pass)"),
     ("pipelines.score_job", None, "_estimate_beta", "OSA beta (shuffled pairs)"),
     (
-        "cleaner.scorers.sps",
+        "cleaner.methods.sps.scorer",
         "SPSScorer",
         "batch_stats",
         "SPS in-batch InfoNCE losses (fit, index, transform)",
     ),
-    ("cleaner.scorers.sdd", "SDDScorer", "fit", "SDD GMM fit"),
-    ("cleaner.scorers.sps", "SPSScorer", "fit", "SPS GMM fit"),
-    ("cleaner.neighbors", "NeighborIndex", "add", "index add (flat staging / IVF assignment)"),
-    ("cleaner.neighbors", "NeighborIndex", "_build_ivf", "flat -> IVF switch (k-means + move)"),
+    ("cleaner.methods.sdd.scorer", "SDDScorer", "fit", "SDD GMM fit"),
+    ("cleaner.methods.sps.scorer", "SPSScorer", "fit", "SPS GMM fit"),
+    ("cleaner.methods.neighbors", "NeighborIndex", "add", "index add (flat staging / IVF assignment)"),
+    ("cleaner.methods.neighbors", "NeighborIndex", "_build_ivf", "flat -> IVF switch (k-means + move)"),
     ("faiss", "IndexIVFFlat", "train", "  of which faiss k-means training"),
     (
-        "cleaner.neighbors",
+        "cleaner.methods.neighbors",
         "NeighborIndex",
         "measure_recall",
         "recall@1 check (1000 queries, exact)",
     ),
-    ("cleaner.scorers.osa", "OSAScorer", "transform", "OSA transform"),
-    ("cleaner.scorers.sdd", "SDDScorer", "transform", "SDD transform (2 memory-bank searches)"),
-    ("cleaner.scorers.sps", "SPSScorer", "transform", "SPS transform (losses + proxy search)"),
+    ("cleaner.methods.osa.scorer", "OSAScorer", "transform", "OSA transform"),
+    ("cleaner.methods.sdd.scorer", "SDDScorer", "transform", "SDD transform (2 memory-bank searches)"),
+    ("cleaner.methods.sps.scorer", "SPSScorer", "transform", "SPS transform (losses + proxy search)"),
     (
-        "cleaner.neighbors",
+        "cleaner.methods.neighbors",
         "NeighborIndex",
         "search",
         "  all top-1 searches (inside the transforms)",
@@ -308,7 +308,7 @@ def read_checks(res: dict, data: Path) -> None:
     import pyarrow.parquet as pq
     from sklearn.metrics import roc_auc_score
 
-    from cleaner import schema as S
+    from cleaner.io import schema as S
 
     md = json.loads(pq.read_schema(res["out"]).metadata[S.METADATA_KEY])
     neighbors = md.get("neighbors")

@@ -4,7 +4,7 @@ The published thresholds are in CLIP's cosine units: OSA's beta is where the
 clean and noisy cosine distributions of *CLIP* cross, SDD's alpha = 20 and
 beta_c = 30 are on CLIP's logit scale 100 x cosine. CLIP learns its
 temperature multiplier until it hits the clamp at 100; the shapes-world
-estimator (`cleaner.pretrain`, a few minutes on CPU) ends near 25, so its
+estimator (`cleaner.estimator.pretrain`, a few minutes on CPU) ends near 25, so its
 cosine scale is not CLIP's (clean pairs ~0.88 against CLIP's ~0.3).
 
 This benchmark pre-trains the same estimator recipe a second time with the
@@ -57,7 +57,7 @@ def main() -> None:
     import torch
     from sklearn.metrics import roc_auc_score
 
-    from cleaner.pretrain import DEFAULT_MODEL, estimator_info, pretrained_estimator
+    from cleaner.estimator.pretrain import DEFAULT_MODEL, estimator_info, pretrained_estimator
 
     torch.set_num_threads(1)
     folders = B.build_sets(args.n)
@@ -110,7 +110,7 @@ def main() -> None:
             print(label, name, row[2:], flush=True)
 
     body = (
-        "The same estimator recipe (`cleaner.pretrain`: `nclean-small`, 8000 clean pairs, 8 epochs) "
+        "The same estimator recipe (`cleaner.estimator.pretrain`: `nclean-small`, 8000 clean pairs, 8 epochs) "
         "trained twice: with the temperature multiplier learned (the default; open_clip's clamp at 100) "
         "and fixed at 100. Both score the detection benchmark's sets "
         f"({args.n} pairs each); keep rules as there: OSA `cosine > beta`, SDD `sdd_keep` (100 x cosine > 20). "

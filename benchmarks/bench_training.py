@@ -1,7 +1,7 @@
 """Training benchmark: do the verdicts pay off when a model is trained?
 
 Shapes world, 50% of captions shuffled. The sidecar comes from the
-pre-trained estimator (cleaner.pretrain). The same target model (the small
+pre-trained estimator (cleaner.estimator.pretrain). The same target model (the small
 shapes config, random init, same seed, the same number of updates) is then
 trained with ``nclean train`` under:
 
@@ -35,9 +35,9 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from _common import md_table, write_section  # noqa: E402
 
-from cleaner import shapes  # noqa: E402
-from cleaner.pretrain import DEFAULT_MODEL, estimator_info, pretrained_estimator  # noqa: E402
-from cleaner.train import TrainConfig, train  # noqa: E402
+from cleaner.estimator.pretrain import DEFAULT_MODEL, estimator_info, pretrained_estimator  # noqa: E402
+from cleaner.train.trainer import TrainConfig, train  # noqa: E402
+from cleaner.worlds import shapes  # noqa: E402
 from pipelines.embed_job import EstimatorSpec  # noqa: E402
 from pipelines.score_job import ScoreJob, ScoreSettings, run_score  # noqa: E402
 

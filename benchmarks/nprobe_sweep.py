@@ -1,6 +1,6 @@
 """Recall@1 and search time of the IVF index against nprobe (prints only).
 
-The measurement behind ``cleaner.neighbors.default_nprobe``: 100k clustered
+The measurement behind ``cleaner.methods.neighbors.default_nprobe``: 100k clustered
 512-d vectors (the synthetic CLIP-like mixture) as the pool, 5k queries,
 recall against exact search. Run: ``python benchmarks/nprobe_sweep.py``.
 Measured 2026-11-29 (2 cores, under load): nlist 1265; nprobe 72 -> 1.0
@@ -15,8 +15,8 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cleaner.neighbors import NeighborIndex  # noqa: E402
-from cleaner.synthetic import make_pair_mixture  # noqa: E402
+from cleaner.methods.neighbors import NeighborIndex  # noqa: E402
+from cleaner.worlds.synthetic import make_pair_mixture  # noqa: E402
 
 img, _, _ = make_pair_mixture(105_000, dim=512, seed=0)
 pool, q = img[:100_000], img[100_000:]

@@ -10,12 +10,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cleaner import __version__, faults
-from cleaner.decode import SampleSpec
-from cleaner.embcache import EmbeddingCache
-from cleaner.embed import ShardResult, embed_shards
 from cleaner.errors import ConfigError
-from cleaner.estimator import Estimator, file_digest, load_estimator
-from cleaner.shards import shard_stem
+from cleaner.estimator.embed import ShardResult, embed_shards
+from cleaner.estimator.model import Estimator, file_digest, load_estimator
+from cleaner.io.decode import SampleSpec
+from cleaner.io.embcache import EmbeddingCache
+from cleaner.io.shards import shard_stem
 
 
 @dataclass
@@ -203,7 +203,7 @@ def run_embed(
         if engine == "ray":
             from dataclasses import replace
 
-            from .ray_runner import init_ray, ray_embed
+            from pipelines.ray_runner import init_ray, ray_embed
 
             ray = init_ray(ray_address)
             # ship the spec, not a model the driver may have loaded

@@ -1,11 +1,11 @@
 """``nclean filter``: reshard the samples a sidecar keeps, optionally upsampled.
 
-Two passes over the input shards, both with :func:`cleaner.shards.read_shard`
+Two passes over the input shards, both with :func:`cleaner.io.shards.read_shard`
 (robust to truncated or corrupt tars):
 
 1. **scan** -- tar headers only (no member data is read): every sample's
    (shard, key) is joined to the sidecar at once, so a sidecar that does not
-   match the shards is a :class:`~cleaner.weights.SidecarMismatchError`
+   match the shards is a :class:`~cleaner.train.weights.SidecarMismatchError`
    with counts *before* anything is written; the keep/drop decision, the
    drop reasons and the number of copies of every sample are planned here.
 2. **copy** -- the kept samples' members are copied byte for byte into
@@ -53,11 +53,11 @@ import pyarrow as pa
 import webdataset as wds
 from tqdm import tqdm
 
-from cleaner.atomic import atomic_path, write_json
 from cleaner.errors import ConfigError, InputError
-from cleaner.schema import SchemaError
-from cleaner.shards import ShardReadError, ShardReport, expand_shards, read_shard
-from cleaner.weights import OPT_OUT_HINT, SidecarMismatchError, Verdicts
+from cleaner.io.atomic import atomic_path, write_json
+from cleaner.io.schema import SchemaError
+from cleaner.io.shards import ShardReadError, ShardReport, expand_shards, read_shard
+from cleaner.train.weights import OPT_OUT_HINT, SidecarMismatchError, Verdicts
 
 DATACOMP_UID_DTYPE = np.dtype("u8,u8")  # as DataComp's baselines and resharder.py
 OUTPUT_NAME = "{:06d}.tar"
@@ -481,7 +481,7 @@ def run_filter(job: FilterJob) -> FilterSummary:
     ConfigError
         bad options or expressions, an ``--out`` folder that is not free,
         uids unusable for ``--keep-list``.
-    cleaner.weights.SidecarMismatchError
+    cleaner.train.weights.SidecarMismatchError
         samples without a row in the sidecar (``on_missing="error"``).
     InputError
         an unreadable sidecar.

@@ -25,15 +25,15 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from cleaner.atomic import atomic_path
-from cleaner.embcache import EmbeddingCache
 from cleaner.errors import ConfigError, InputError
-from cleaner.neighbors import NeighborIndex
-from cleaner.scorers.base import Pairs
-from cleaner.scorers.osa import OSAScorer
-from cleaner.scorers.sdd import SDDScorer
-from cleaner.scorers.sps import SPSScorer
-from cleaner.sidecar import build_part
+from cleaner.io.atomic import atomic_path
+from cleaner.io.embcache import EmbeddingCache
+from cleaner.io.sidecar import build_part
+from cleaner.methods.base import Pairs
+from cleaner.methods.neighbors import NeighborIndex
+from cleaner.methods.osa.scorer import OSAScorer
+from cleaner.methods.sdd.scorer import SDDScorer
+from cleaner.methods.sps.scorer import SPSScorer
 
 ROW_ID_SHIFT = 32  # row id = shard position << 32 | index within shard
 
@@ -86,7 +86,7 @@ def new_scorers(methods: list[str], ms: MethodSettings, seed: int) -> dict:
 
 
 def load_class_names(ms: MethodSettings) -> list[str]:
-    from cleaner.prompts import load_classes
+    from cleaner.estimator.prompts import load_classes
 
     if not ms.cc_classes:
         raise ConfigError(
@@ -99,7 +99,7 @@ def load_class_names(ms: MethodSettings) -> list[str]:
 
 
 def prompt_texts(ms: MethodSettings, classes: list[str]) -> tuple[list[str], np.ndarray]:
-    from cleaner.prompts import build_prompts, load_prompts
+    from cleaner.estimator.prompts import build_prompts, load_prompts
 
     try:
         prompts = load_prompts(ms.cc_prompts, classes) if ms.cc_prompts else None
@@ -122,7 +122,7 @@ def fit_clipcleaner(
     ``cc_fit_sample`` rows above that, cut to exactly that many by a
     stratified draw inside the scorer). Saves the out-of-fold table next to
     fit.json (it is per-row, too big for JSON) and returns the params."""
-    from cleaner.scorers.clipcleaner import CLIPCleanerScorer
+    from cleaner.methods.clipcleaner.scorer import CLIPCleanerScorer
 
     classes = load_class_names(ms)
     texts, class_of_prompt = prompt_texts(ms, classes)
@@ -178,7 +178,7 @@ def scorers_from_params(params: dict, state_dir: Path | None = None) -> dict:
     if "sps" in params:
         out["sps"] = SPSScorer.from_params(params["sps"])
     if "clipcleaner" in params:
-        from cleaner.scorers.clipcleaner import CLIPCleanerScorer
+        from cleaner.methods.clipcleaner.scorer import CLIPCleanerScorer
 
         cc = params["clipcleaner"]
         oof = None

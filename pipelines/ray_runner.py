@@ -7,7 +7,7 @@
 - *fit* and *index*: on the driver, from the cache (as locally).
 - *transform*: one Ray task per shard; the fitted parameters are JSON and
   the neighbour indexes are shipped once through the object store
-  (:class:`cleaner.neighbors.NeighborIndex` pickles its faiss index as
+  (:class:`cleaner.methods.neighbors.NeighborIndex` pickles its faiss index as
   bytes). Each task writes its part atomically, named as locally.
 
 Per-shard results are computed by the very functions the local engine
@@ -55,7 +55,7 @@ def _embed_actor_class(ray, use_gpu: bool):
             self.batch_size = batch_size
 
         def embed(self, path: str):
-            from cleaner.embed import embed_shards
+            from cleaner.estimator.embed import embed_shards
 
             results = []
             embed_shards(self.est, [Path(path)], self.spec, self.batch_size, 0, results.append)
@@ -90,8 +90,8 @@ def _transform_remote(ray):
     def transform(
         cache_root, stem, pos, params, state_dir, indexes, methods, metadata, n_classes, part_path
     ):
-        from cleaner.embcache import EmbeddingCache
-        from cleaner.sidecar import atomic_write_table
+        from cleaner.io.embcache import EmbeddingCache
+        from cleaner.io.sidecar import atomic_write_table
         from pipelines.methods import ShardView, scorers_from_params, transform_shard
 
         cache = EmbeddingCache(cache_root)

@@ -29,9 +29,14 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from cleaner import __version__, faults
-from cleaner import schema as S
-from cleaner.atomic import atomic_path, write_json
-from cleaner.beta import (
+from cleaner.errors import ConfigError, InputError, NothingScoredError
+from cleaner.io import schema as S
+from cleaner.io.atomic import atomic_path, write_json
+from cleaner.io.decode import SampleSpec
+from cleaner.io.embcache import EmbeddingCache, validate_dir
+from cleaner.io.shards import expand_shards, shard_stem
+from cleaner.io.sidecar import atomic_write_table, merge_parts, part_is_valid
+from cleaner.methods.beta import (
     DEFAULT_NOISE_K,
     DEFAULT_SHUFFLED_K,
     BetaEstimate,
@@ -39,13 +44,7 @@ from cleaner.beta import (
     sample_mismatched_indices,
     shuffled_beta_from_rows,
 )
-from cleaner.decode import SampleSpec
-from cleaner.embcache import EmbeddingCache, validate_dir
-from cleaner.errors import ConfigError, InputError, NothingScoredError
-from cleaner.shards import expand_shards, shard_stem
-from cleaner.sidecar import atomic_write_table, merge_parts, part_is_valid
-
-from .embed_job import (
+from pipelines.embed_job import (
     EmbedReport,
     EstimatorSpec,
     check_batch_and_workers,
@@ -53,8 +52,8 @@ from .embed_job import (
     file_fingerprint,
     run_embed,
 )
-from .layout import OutputLayout
-from .methods import (
+from pipelines.layout import OutputLayout
+from pipelines.methods import (
     MethodSettings,
     ShardView,
     build_indexes,
@@ -623,7 +622,7 @@ def run_score(job: ScoreJob) -> ScoreSummary:
             faults.checkpoint("part")
 
         if job.engine == "ray":
-            from .ray_runner import init_ray, ray_transform
+            from pipelines.ray_runner import init_ray, ray_transform
 
             ray = init_ray(job.ray_address)
             ray_transform(

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from cleaner import shapes
-from cleaner.estimator import save_random_checkpoint
+from cleaner.estimator.model import save_random_checkpoint
+from cleaner.worlds import shapes
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TINY = "nclean-tiny"

@@ -12,9 +12,9 @@ import json
 import numpy as np
 import pytest
 
-from cleaner.prompts import IMAGENET_TEMPLATES, build_prompts, load_classes, load_prompts
-from cleaner.scorers.base import Pairs
-from cleaner.scorers.clipcleaner import (
+from cleaner.estimator.prompts import IMAGENET_TEMPLATES, build_prompts, load_classes, load_prompts
+from cleaner.methods.base import Pairs
+from cleaner.methods.clipcleaner.scorer import (
     CLIPCleanerScorer,
     consistency_select,
     fallback_thresholds,

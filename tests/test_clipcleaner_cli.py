@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import TINY, run_cli, tiny_args
 
-from cleaner import schema as S
-from cleaner import shapes
+from cleaner.io import schema as S
+from cleaner.worlds import shapes
 
 
 def _add(tf, name, data: bytes):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cleaner.decode import SampleSpec, decode_caption, decode_image, prepare_sample
-from cleaner.shards import RawSample
+from cleaner.io.decode import SampleSpec, decode_caption, decode_image, prepare_sample
+from cleaner.io.shards import RawSample
 
 
 def _img_bytes(mode="RGB", size=(32, 24), fmt="JPEG", **kw) -> bytes:

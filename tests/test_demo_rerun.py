@@ -7,9 +7,9 @@ import json
 import pytest
 from conftest import run_cli
 
-from cleaner import demo
-from cleaner.demo import SETTINGS_FILE, _truth, run_demo
 from cleaner.errors import ConfigError
+from cleaner.worlds import demo
+from cleaner.worlds.demo import SETTINGS_FILE, _truth, run_demo
 
 
 def _run(out, samples, noise):
@@ -101,8 +101,8 @@ def test_bad_demo_settings_exit_2(tmp_path):
 def test_rerun_with_other_estimator_rescores(tmp_path, monkeypatch):
     """--random-estimator first, then the pre-trained one: the embedding
     cache of the first must not block the second (demo has no --overwrite)."""
-    from cleaner import pretrain
-    from cleaner.estimator import save_random_checkpoint
+    from cleaner.estimator import pretrain
+    from cleaner.estimator.model import save_random_checkpoint
 
     out = tmp_path / "demo"
     _run(out, 20, 0.0)

@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 
 from cleaner.commands.filter import filter_cmd
 from cleaner.errors import ConfigError
-from cleaner.shards import read_shard
-from cleaner.weights import SidecarMismatchError, Verdicts
+from cleaner.io.shards import read_shard
+from cleaner.train.weights import SidecarMismatchError, Verdicts
 from pipelines.filter_job import FilterJob, run_filter, uids_to_datacomp, upsample_counts
 
 app = typer.Typer(add_completion=False)

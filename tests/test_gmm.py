@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.mixture import GaussianMixture
 
-from cleaner.gmm import component_index, fit_gmm_1d, gmm_posterior
+from cleaner.methods.gmm import component_index, fit_gmm_1d, gmm_posterior
 
 
 def _bimodal(n: int = 4000, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Tests of cleaner.losses: hand-computed values, gradient isolation of
+"""Tests of cleaner.methods.losses: hand-computed values, gradient isolation of
 zero-weight samples, and the siamese copy of SDD not leaking into the model."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cleaner import losses as L
+from cleaner.methods import losses as L
 
 
 def _batch(n=6, d=5, seed=0):

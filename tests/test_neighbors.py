@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cleaner.neighbors import NeighborIndex, default_nlist, default_nprobe
+from cleaner.methods.neighbors import NeighborIndex, default_nlist, default_nprobe
 
 DIM = 32
 

@@ -1,15 +1,15 @@
 import numpy as np
 import pytest
 
-from cleaner.beta import (
+from cleaner.methods.base import Pairs
+from cleaner.methods.beta import (
     BetaEstimate,
     _grid_estimate,
     noise_beta,
     sample_mismatched_indices,
     shuffled_beta,
 )
-from cleaner.scorers.base import Pairs
-from cleaner.scorers.osa import OSA_PEAK, OSAScorer, osa_weight
+from cleaner.methods.osa.scorer import OSA_PEAK, OSAScorer, osa_weight
 
 
 def test_osa_weight_hand_values():
@@ -76,7 +76,7 @@ def test_shuffled_beta_pairs_are_mismatched_and_seeded():
 
 
 def test_noise_beta_is_seeded(tiny_ckpt):
-    from cleaner.estimator import load_estimator
+    from cleaner.estimator.model import load_estimator
 
     est = load_estimator("nclean-tiny", str(tiny_ckpt), device="cpu")
     a = noise_beta(est, k=8, seed=1)

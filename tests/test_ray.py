@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import TINY
 
-from cleaner import schema as S
+from cleaner.io import schema as S
 from pipelines.embed_job import EstimatorSpec
 from pipelines.score_job import ScoreJob, ScoreSettings, run_score
 

@@ -12,12 +12,12 @@ import pytest
 import typer
 from PIL import Image
 
-from cleaner import schema as S
-from cleaner import sidecar
 from cleaner.errors import ConfigError, InputError
-from cleaner.report import build_report, load_report_data, render_html, text_report
-from cleaner.scorers.sdd import SDDScorer
-from cleaner.scorers.sps import SPSScorer
+from cleaner.io import schema as S
+from cleaner.io import sidecar
+from cleaner.methods.sdd.scorer import SDDScorer
+from cleaner.methods.sps.scorer import SPSScorer
+from cleaner.report.build import build_report, load_report_data, render_html, text_report
 
 BETA = {
     "value": 0.1234,

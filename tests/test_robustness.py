@@ -42,11 +42,11 @@ import pytest
 from conftest import TINY, cli_in_process, deadline, run_cli, tiny_args
 from PIL import Image, ImageFile
 
-from cleaner import schema as S
-from cleaner.decode import MAX_ASPECT_RATIO, SampleSpec, decode_image, prepare_sample
-from cleaner.embcache import EmbeddingCache
 from cleaner.errors import ConfigError, InputError
-from cleaner.shards import ShardReport, read_shard
+from cleaner.io import schema as S
+from cleaner.io.decode import MAX_ASPECT_RATIO, SampleSpec, decode_image, prepare_sample
+from cleaner.io.embcache import EmbeddingCache
+from cleaner.io.shards import ShardReport, read_shard
 
 # -- helpers -----------------------------------------------------------------
 
@@ -126,13 +126,13 @@ def _samples(path, **kw):
 
 @pytest.fixture(scope="module")
 def est(tiny_ckpt):
-    from cleaner.estimator import load_estimator
+    from cleaner.estimator.model import load_estimator
 
     return load_estimator(TINY, str(tiny_ckpt), device="cpu")
 
 
 def _prepare(est, members: dict, transform=None, **spec):
-    from cleaner.shards import RawSample
+    from cleaner.io.shards import RawSample
 
     with _deadline(20):
         return prepare_sample(
@@ -237,7 +237,7 @@ def test_large_image_within_limit_is_handled(est):
 def test_extreme_aspect_ratio_stays_small(est):
     """1x60000 pixels: a 300-byte PNG within max_pixels whose shortest-side
     resize would make a 64 x 3.8M (224 x 13M for ViT-B) image; it is
-    centre-cropped to MAX_ASPECT_RATIO first (cleaner.decode._limit_aspect)."""
+    centre-cropped to MAX_ASPECT_RATIO first (cleaner.io.decode._limit_aspect)."""
     seen = []
 
     def spy(img):
@@ -444,7 +444,7 @@ def test_output_not_writable(tmp_path, small_shards, monkeypatch, capsys):
 
 
 def test_checkpoint_of_another_architecture(tmp_path, small_shards, monkeypatch, capsys):
-    from cleaner.estimator import CONFIG_DIR, load_estimator, save_random_checkpoint
+    from cleaner.estimator.model import CONFIG_DIR, load_estimator, save_random_checkpoint
 
     cfg = json.loads((CONFIG_DIR / f"{TINY}.json").read_text())
     cfg["embed_dim"], cfg["vision_cfg"]["width"], cfg["text_cfg"]["width"] = 32, 96, 96
@@ -510,7 +510,7 @@ def test_clip_retrieval_mismatched_rows_and_nan(tmp_path, monkeypatch, capsys):
 
 
 def test_sidecar_of_unknown_schema_version(tmp_path):
-    from cleaner.sidecar import read_sidecar
+    from cleaner.io.sidecar import read_sidecar
 
     meta = {"schema_version": 999, "methods": ["osa"]}
     table = pa.table({"key": ["a"]}).replace_schema_metadata(

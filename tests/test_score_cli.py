@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import TINY, run_cli, tiny_args
 
-from cleaner import schema as S
+from cleaner.io import schema as S
 
 
 def _expected_rows(shard_dir):
@@ -254,7 +254,7 @@ def test_unreadable_shard_is_named_and_rest_scored(tmp_path, shard_dir, tiny_ckp
 
 
 def test_nothing_scored_exits_nonzero(tmp_path, tiny_ckpt):
-    from cleaner import shapes
+    from cleaner.worlds import shapes
 
     p = tmp_path / "bad.tar"
     shapes.write_corrupt_samples(p, kinds=["truncated_jpeg", "not_an_image", "empty_caption"])

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli
 
-from cleaner.synthetic import make_pair_mixture, write_embedding_dir
+from cleaner.worlds.synthetic import make_pair_mixture, write_embedding_dir
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_sps_partition_and_proxies(full, mixture):
 
 def test_fit_on_sample_close_to_full_fit(full, mixture, tmp_path):
     sampled = _score(mixture[0], tmp_path / "s.parquet", "--fit-sample", "600")
-    from cleaner import schema as S
+    from cleaner.io import schema as S
 
     meta = S.read_metadata(pq.read_schema(tmp_path / "s.parquet"))
     assert (
@@ -127,7 +127,7 @@ def test_same_seed_same_columns(full, mixture, tmp_path):
 def test_ivf_path_records_recall(mixture, tmp_path):
     out = tmp_path / "ivf.parquet"
     _score(mixture[0], out, "--exact-threshold", "200", "--methods", "sdd")
-    from cleaner import schema as S
+    from cleaner.io import schema as S
 
     meta = S.read_metadata(pq.read_schema(out))
     desc = meta["neighbors"]["sdd_image"]

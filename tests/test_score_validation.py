@@ -22,10 +22,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import TINY, cli_in_process, run_cli, tiny_args
 
-from cleaner import schema as S
-from cleaner import shapes
-from cleaner.beta import sample_mismatched_indices, shuffled_beta
 from cleaner.errors import ConfigError, InputError, NothingScoredError
+from cleaner.io import schema as S
+from cleaner.methods.beta import sample_mismatched_indices, shuffled_beta
+from cleaner.worlds import shapes
 
 # -- helpers -----------------------------------------------------------------
 
@@ -125,9 +125,9 @@ def test_run_embed_fingerprint_check_and_old_caches(tmp_path):
     """Unit level, no model needed (every shard is already cached): a cache
     partition from before fingerprints were recorded is reused as before;
     one whose recorded fingerprint differs is refused."""
-    from cleaner.decode import SampleSpec
-    from cleaner.embcache import EmbeddingCache
-    from cleaner.embed import META_SCHEMA
+    from cleaner.estimator.embed import META_SCHEMA
+    from cleaner.io.decode import SampleSpec
+    from cleaner.io.embcache import EmbeddingCache
     from pipelines.embed_job import EstimatorSpec, cache_identity, file_fingerprint, run_embed
 
     shard = tmp_path / "a.tar"

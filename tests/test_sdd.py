@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from cleaner.neighbors import NeighborIndex
-from cleaner.scorers.base import Pairs
-from cleaner.scorers.sdd import SDDScorer
+from cleaner.methods.base import Pairs
+from cleaner.methods.neighbors import NeighborIndex
+from cleaner.methods.sdd.scorer import SDDScorer
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

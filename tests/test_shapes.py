@@ -1,4 +1,4 @@
-"""Tests for the procedural shapes world (cleaner.shapes)."""
+"""Tests for the procedural shapes world (cleaner.worlds.shapes)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cleaner import shapes
+from cleaner.worlds import shapes
 
 ALL_COMBOS = [(c, s) for c in shapes.COLOURS for s in shapes.SHAPES]
 

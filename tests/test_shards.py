@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from cleaner.errors import ConfigError
-from cleaner.shards import ShardReadError, ShardReport, expand_shards, read_shard, shard_stem
+from cleaner.io.shards import ShardReadError, ShardReport, expand_shards, read_shard, shard_stem
 
 
 def _tar(path: Path, members: list[tuple[str, bytes]]) -> Path:

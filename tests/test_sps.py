@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from scipy.special import log_softmax
 
-import cleaner.scorers.sps as sps_module
-from cleaner.neighbors import NeighborIndex
-from cleaner.scorers.base import Pairs
-from cleaner.scorers.sps import SPSScorer, loss_batches
+import cleaner.methods.sps.scorer as sps_module
+from cleaner.methods.base import Pairs
+from cleaner.methods.neighbors import NeighborIndex
+from cleaner.methods.sps.scorer import SPSScorer, loss_batches
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

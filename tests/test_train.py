@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import TINY, run_cli, tiny_args
 
-from cleaner import shapes
 from cleaner.errors import ConfigError, InputError
-from cleaner.train import TrainConfig, retrieval_metrics, train
-from cleaner.weights import SidecarMismatchError
+from cleaner.train.trainer import TrainConfig, retrieval_metrics, train
+from cleaner.train.weights import SidecarMismatchError
+from cleaner.worlds import shapes
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_step_budget_equalises_filtered_runs(shard_dir, scored, tiny_ckpt, tmp_p
     budgeted number of updates; the subset runs more epochs to get there."""
     import pyarrow.parquet as pq
 
-    from cleaner.train import param_groups
+    from cleaner.train.trainer import param_groups
 
     keys = pq.read_table(scored, columns=["key"])["key"].to_pylist()
     half = sorted(keys)[: len(keys) // 2]
@@ -105,7 +105,7 @@ def test_step_budget_equalises_filtered_runs(shard_dir, scored, tiny_ckpt, tmp_p
     assert len(runs["half"]) == -(-10 // (rows_half // 8))  # ceil(steps / steps per epoch)
     assert len(runs["half"]) > len(runs["all"])
     # open_clip's optimiser groups: the temperature and 1-d parameters are not decayed
-    from cleaner.estimator import load_estimator
+    from cleaner.estimator.model import load_estimator
 
     net = load_estimator(TINY, str(tiny_ckpt), "cpu", precision="fp32").model.requires_grad_(True)
     groups = param_groups(net, 0.2)

@@ -15,10 +15,10 @@ import pyarrow as pa
 import pytest
 import webdataset as wds
 
-from cleaner import schema as S
-from cleaner.shards import read_shard
-from cleaner.sidecar import atomic_write_table, build_part, merge_parts
-from cleaner.weights import (
+from cleaner.io import schema as S
+from cleaner.io.shards import read_shard
+from cleaner.io.sidecar import atomic_write_table, build_part, merge_parts
+from cleaner.train.weights import (
     SidecarMismatchError,
     Verdicts,
     WeightedSampler,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ..errors import ConfigError
+from cleaner.errors import ConfigError
 
 
 def filter_cmd(
@@ -88,9 +88,9 @@ def filter_cmd(
 
     Example: nclean filter shards/ --weights weights.parquet --where "sdd_keep" --out clean/
     """
-    from .. import cli
+    from cleaner.commands.options import set_debug
 
-    cli._DEBUG["on"] = debug  # the console entry point shows tracebacks only when asked
+    set_debug(debug)  # the console entry point shows tracebacks only when asked
     from pipelines.filter_job import FilterJob, run_filter
 
     if on_missing not in ("error", "drop"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from ..errors import ConfigError
+from cleaner.errors import ConfigError
 
 FORMATS = ("html", "text")
 
@@ -65,10 +65,10 @@ def report_cmd(
 
     Example: nclean report weights.parquet --out weights_report/   (then open index.html)
     """
-    from .. import cli
-    from ..report import build_report, text_report
+    from cleaner.commands.options import set_debug
+    from cleaner.report.build import build_report, text_report
 
-    cli._DEBUG["on"] = debug  # the console entry point shows tracebacks only when asked
+    set_debug(debug)  # the console entry point shows tracebacks only when asked
     fmt = format.strip().lower()
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be html or text, not {format!r}")

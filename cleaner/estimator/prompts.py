@@ -11,7 +11,7 @@ text tower and scores images against them. This module owns the text side:
   paper generated "a photo of a {class} {description}." with a language
   model; users bring their own);
 - :func:`build_prompts` -- the flat list of texts to encode plus the class of
-  each text, which is what :func:`cleaner.scorers.clipcleaner.zero_shot_probs`
+  each text, which is what :func:`cleaner.methods.clipcleaner.scorer.zero_shot_probs`
   consumes.
 """
 

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from . import shapes
-from .atomic import write_json
-from .errors import ConfigError
-from .estimator import save_random_checkpoint
+from cleaner.errors import ConfigError
+from cleaner.estimator.model import save_random_checkpoint
+from cleaner.io.atomic import write_json
+from cleaner.worlds import shapes
 
 # What the generated shards were made with, stored inside the shard folder
 # (written before the folder is moved into place, so data and settings
@@ -170,7 +170,7 @@ def run_demo(out: Path, samples: int = 600, noise: float = 0.4, progress: bool =
             save_random_checkpoint(model, ckpt)
         what = "a random-initialised estimator: expect chance-level verdicts"
     else:
-        from .pretrain import DEFAULT_MODEL, estimator_info, pretrained_estimator
+        from cleaner.estimator.pretrain import DEFAULT_MODEL, estimator_info, pretrained_estimator
 
         model = DEFAULT_MODEL
         ckpt = pretrained_estimator(cache_dir or default_cache_dir(), progress=progress)

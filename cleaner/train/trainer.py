@@ -3,7 +3,7 @@
 A readable loop, no framework, to show the verdicts paying off. It holds
 the (small) training set in memory, decoded at the model's input size,
 because SDD's memory bank and SPS's proxies need random access to *other*
-samples by key. Web-scale trainers should use :mod:`cleaner.weights`
+samples by key. Web-scale trainers should use :mod:`cleaner.train.weights`
 instead.
 
 Methods (``--method``), each per METHODS.md:
@@ -34,13 +34,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import losses as L
-from .atomic import atomic_path, write_json
-from .decode import SampleSpec
-from .embed import iter_prepared
-from .errors import ConfigError, InputError
-from .estimator import load_estimator
-from .shards import expand_shards
+from cleaner.errors import ConfigError, InputError
+from cleaner.estimator.embed import iter_prepared
+from cleaner.estimator.model import load_estimator
+from cleaner.io.atomic import atomic_path, write_json
+from cleaner.io.decode import SampleSpec
+from cleaner.io.shards import expand_shards
+from cleaner.methods import losses as L
 
 PAIR_METHODS = ("none", "filter", "osa", "sdd", "sps")
 CLASSIFY_METHODS = ("none", "mixfix", "filter")
@@ -154,8 +154,8 @@ def read_train_sidecar(sidecar_path: str):
     ``nclean filter`` gives for a missing, non-Parquet or invalid sidecar."""
     import pyarrow as pa
 
-    from .schema import SchemaError
-    from .sidecar import read_sidecar
+    from cleaner.io.schema import SchemaError
+    from cleaner.io.sidecar import read_sidecar
 
     try:
         return read_sidecar(sidecar_path)
@@ -168,9 +168,9 @@ def read_train_sidecar(sidecar_path: str):
 def join_sidecar(split: Split, sidecar_path: str, loaded=None):
     """Sidecar rows aligned to ``split`` (a pandas frame), or a clear error
     with counts when the sidecar does not describe these shards
-    (:class:`~cleaner.weights.SidecarMismatchError`, exit 2, as in
+    (:class:`~cleaner.train.weights.SidecarMismatchError`, exit 2, as in
     ``nclean filter``). ``loaded``: ``(table, meta)`` already read."""
-    from .weights import SidecarMismatchError
+    from cleaner.train.weights import SidecarMismatchError
 
     table, meta = loaded if loaded is not None else read_train_sidecar(sidecar_path)
     frame = table.to_pandas()
@@ -207,7 +207,7 @@ class Model:
         return img, txt, net.logit_scale.exp()
 
     def encode_fn(self):
-        """For :func:`cleaner.losses.siamese_significance` (works on copies)."""
+        """For :func:`cleaner.methods.losses.siamese_significance` (works on copies)."""
         return lambda net, images, tokens: self.encode(net, images, tokens)
 
 
@@ -394,7 +394,7 @@ def _where(side, expr: str) -> np.ndarray:
     """Keep mask of ``--where`` over sidecar rows (a pandas frame or a
     pyarrow table); bad expressions are a ConfigError (exit 2) as in
     ``nclean filter``: unknown columns, text or numeric results, syntax."""
-    from .weights import evaluate
+    from cleaner.train.weights import evaluate
 
     try:
         value = evaluate(side, expr)
@@ -642,7 +642,7 @@ def train_classifier(cfg: TrainConfig) -> list[dict]:
     trained with mixup CE and a class-balanced sampler; ``--method mixfix``
     starts from CLIPCleaner's selection and absorbs / relabels confident
     non-selected samples after each epoch (METHODS.md section 3.5)."""
-    from .prompts import load_classes
+    from cleaner.estimator.prompts import load_classes
 
     _validate(cfg)
     classes = load_classes(cfg.classes)

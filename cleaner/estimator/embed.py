@@ -5,7 +5,7 @@ worker at a time (so each shard is read sequentially by one process and its
 batches arrive in order); the model runs in the main process on whole
 batches. Workers ship uint8 pixels at the model's input size; conversion to
 float and normalisation happen per batch on the device (see
-:meth:`cleaner.estimator.Estimator.normalise_uint8`). Batches never span two
+:meth:`cleaner.estimator.model.Estimator.normalise_uint8`). Batches never span two
 shards, so a shard's embeddings do not depend on which other shards are in
 the job -- a resumed job reproduces them exactly.
 """
@@ -21,9 +21,9 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .decode import Prepared, SampleSpec, prepare_sample
-from .estimator import Estimator
-from .shards import ShardReadError, ShardReport, read_shard, shard_stem
+from cleaner.estimator.model import Estimator
+from cleaner.io.decode import Prepared, SampleSpec, prepare_sample
+from cleaner.io.shards import ShardReadError, ShardReport, read_shard, shard_stem
 
 META_SCHEMA = pa.schema(
     [

@@ -11,10 +11,10 @@ The cubic is meant for beta >= 0, where d <= 1 - beta <= 1. An estimator
 whose noise beta is negative (seen with the shapes-world estimator) would
 give pairs with d > 1 -- the *best* matches -- a negative weight, which a
 trainer would turn into pushing matched pairs apart. We clamp the weight at
-0 (as :func:`cleaner.losses.osa_weight_paper` does) and the pipeline warns
+0 (as :func:`cleaner.methods.losses.osa_weight_paper` does) and the pipeline warns
 when beta < 0; ``cosine`` is always there for a rule of your own. The released code's
 per-batch form (d divided by the batch's largest d) is a training-time
-choice and lives in :mod:`cleaner.losses`, not here: a sample's offline
+choice and lives in :mod:`cleaner.methods.losses`, not here: a sample's offline
 score must not depend on its batch.
 """
 
@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..beta import BetaEstimate, shuffled_beta
-from .base import Pairs
+from cleaner.methods.base import Pairs
+from cleaner.methods.beta import BetaEstimate, shuffled_beta
 
 OSA_PEAK = 4.0 / 27.0
 
@@ -49,7 +49,7 @@ class OSAScorer:
     beta : the boundary in cosine units, or a :class:`BetaEstimate`. When
         None, ``fit`` estimates it from shuffled (mismatched) pairs of the
         data it is given -- the ``shuffled`` source; the ``noise`` source
-        needs the model and is estimated by :func:`cleaner.beta.noise_beta`.
+        needs the model and is estimated by :func:`cleaner.methods.beta.noise_beta`.
     n_shuffled, seed : K and the seed for the shuffled estimate.
     """
 

@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import schema as S
-from .atomic import atomic_path
+from cleaner.io import schema as S
+from cleaner.io.atomic import atomic_path
 
 
 def build_part(

@@ -55,7 +55,7 @@ rule applies to repeated uids.
 Examples
 --------
 >>> import webdataset as wds
->>> from cleaner.weights import Verdicts, attach_weights, keep_where
+>>> from cleaner.train.weights import Verdicts, attach_weights, keep_where
 >>> v = Verdicts.load("weights.parquet")                       # doctest: +SKIP
 >>> ds = (wds.WebDataset(urls, shardshuffle=False)             # doctest: +SKIP
 ...       .compose(keep_where(v, "sdd_keep"), attach_weights(v, "osa_weight_norm"))
@@ -75,8 +75,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import NcleanError
-from .sidecar import read_sidecar
+from cleaner.errors import NcleanError
+from cleaner.io.sidecar import read_sidecar
 
 __all__ = [
     "SidecarMismatchError",
@@ -438,7 +438,7 @@ class Verdicts:
 
         Raises
         ------
-        cleaner.schema.SchemaError
+        cleaner.io.schema.SchemaError
             if a file is not a valid sidecar.
         ValueError
             if two sidecars hold rows of the same shard (almost always the
@@ -766,7 +766,7 @@ class _Stage:
     def __init__(self, verdicts: Verdicts, on_missing: str, shard_of=None):
         _check_on_missing(on_missing)
         if not isinstance(verdicts, Verdicts):
-            raise TypeError("pass a cleaner.weights.Verdicts (Verdicts.load(path))")
+            raise TypeError("pass a cleaner.train.weights.Verdicts (Verdicts.load(path))")
         self.verdicts = verdicts
         self.on_missing = on_missing
         self.shard_of = shard_of or shard_name

@@ -16,7 +16,7 @@ class left empty its best-scoring samples (:func:`fallback_thresholds`).
 
 The functions are the method, usable on their own in the style of
 ``cleanlab.filter``; :class:`CLIPCleanerScorer` wraps them in the scorer
-contract of :mod:`cleaner.scorers.base` (fit global statistics once, then
+contract of :mod:`cleaner.methods.base` (fit global statistics once, then
 transform shard by shard).
 
 Conventions shared by every function here: ``labels`` are int arrays with
@@ -36,7 +36,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.mixture import GaussianMixture
 from sklearn.model_selection import KFold, StratifiedKFold
 
-from cleaner.scorers.base import Pairs
+from cleaner.methods.base import Pairs
 
 ESTIMATORS = ("zs", "ind")
 SELECTORS = ("consistency", "gmm")
@@ -590,7 +590,7 @@ OOF_FIELDS = ("row_ids", "labels", "pred", "log_p_label", "log_p_max")
 
 
 class CLIPCleanerScorer:
-    """CLIPCleaner as a fit/transform scorer (see :mod:`cleaner.scorers.base`).
+    """CLIPCleaner as a fit/transform scorer (see :mod:`cleaner.methods.base`).
 
     Parameters
     ----------

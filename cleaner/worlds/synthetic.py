@@ -68,7 +68,7 @@ def write_embedding_dir(
     root: str | Path, image: np.ndarray, text: np.ndarray, shard_size: int, key_prefix: str = "s"
 ) -> list[str]:
     """Write rows as nclean-style cache partitions ``00000``, ``00001``, ..."""
-    from .embcache import EmbeddingCache
+    from cleaner.io.embcache import EmbeddingCache
 
     cache = EmbeddingCache(root)
     stems = []

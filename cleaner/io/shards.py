@@ -29,7 +29,7 @@ from pathlib import Path
 import braceexpand
 from webdataset.tariterators import base_plus_ext
 
-from .errors import ConfigError, InputError
+from cleaner.errors import ConfigError, InputError
 
 
 class ShardReadError(InputError):

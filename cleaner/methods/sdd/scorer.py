@@ -28,15 +28,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from cleaner.gmm import (
+from cleaner.methods.base import Pairs
+from cleaner.methods.gmm import (
     RELEASED_MAX_ITER,
     RELEASED_REG_COVAR,
     RELEASED_TOL,
     fit_gmm_1d,
     gmm_posterior,
 )
-from cleaner.neighbors import NeighborIndex
-from cleaner.scorers.base import Pairs
+from cleaner.methods.neighbors import NeighborIndex
 
 # CLIP's logit scale: SDD's thresholds and GMM live on 100 * cosine.
 LOGIT_SCALE = 100.0

@@ -55,15 +55,15 @@ from typing import Literal
 
 import numpy as np
 
-from cleaner.gmm import (
+from cleaner.methods.base import Pairs
+from cleaner.methods.gmm import (
     RELEASED_MAX_ITER,
     RELEASED_REG_COVAR,
     RELEASED_TOL,
     fit_gmm_1d,
     gmm_posterior,
 )
-from cleaner.neighbors import NeighborIndex
-from cleaner.scorers.base import Pairs
+from cleaner.methods.neighbors import NeighborIndex
 
 RELIABLE, QUASI, NOISY = "reliable", "quasi", "noisy"
 # Number of batches scored in one vectorised step (bounds temporary memory).

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ConfigError
+from cleaner.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 _registered = False
@@ -264,7 +264,7 @@ def save_random_checkpoint(model: str, path: str | Path, seed: int = 0) -> Path:
     net = open_clip.create_model(name, pretrained=None)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from .atomic import atomic_path
+    from cleaner.io.atomic import atomic_path
 
     with atomic_path(path, suffix=path.suffix) as tmp:
         if path.suffix == ".safetensors":

@@ -21,7 +21,7 @@ BASE_FIELDS = [
     pa.field("shard", pa.string(), nullable=False),
     pa.field("index", pa.int64(), nullable=False),
     pa.field("uid", pa.string()),
-    pa.field("status", pa.string(), nullable=False),  # ok | a reason (cleaner.decode.STATUSES)
+    pa.field("status", pa.string(), nullable=False),  # ok | a reason (cleaner.io.decode.STATUSES)
     pa.field("error", pa.string()),
 ]
 

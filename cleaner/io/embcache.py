@@ -32,8 +32,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import atomic_path
-from .errors import InputError
+from cleaner.errors import InputError
+from cleaner.io.atomic import atomic_path
 
 META_KEY = b"nclean_embed"
 _PART_RE = re.compile(r"^metadata_(.+)\.parquet$")

@@ -4,7 +4,7 @@ A random-initialised open_clip model cannot tell a matched pair from a
 mismatched one, so detection figures made with it sit at chance. The
 benchmarks (and ``nclean demo``) need an estimator that *knows* the shapes
 world the way CLIP knows photographs: this module pre-trains a small
-config contrastively (plain symmetric InfoNCE, :func:`cleaner.train.train`
+config contrastively (plain symmetric InfoNCE, :func:`cleaner.train.trainer.train`
 with ``method='none'``) on CLEAN pairs of the ``default`` domain -- half of
 them single-object scenes, half the usual one to three objects -- generated
 from seeds no benchmark uses, then evaluates it on held-out clean data:
@@ -38,7 +38,7 @@ single-object images, chance 12.5%):
 
 Typical use::
 
-    from cleaner.pretrain import DEFAULT_MODEL, pretrained_estimator
+    from cleaner.estimator.pretrain import DEFAULT_MODEL, pretrained_estimator
     ckpt = pretrained_estimator()          # minutes the first time, then instant
     ScoreJob(..., estimator=EstimatorSpec(model=DEFAULT_MODEL, pretrained=str(ckpt)))
 """
@@ -128,7 +128,7 @@ def _write_clean_shards(
 ) -> list[str]:
     """``n`` clean pairs: ``single_fraction`` of them single-object scenes
     (seed ``seed + SINGLE_SEED_OFFSET``), the rest 1-3 objects (``seed``)."""
-    from . import shapes
+    from cleaner.worlds import shapes
 
     n_single = int(round(single_fraction * n))
     paths = []
@@ -146,8 +146,8 @@ def _write_clean_shards(
 def shape_prompts() -> tuple[list[str], np.ndarray]:
     """Zero-shot prompts for the shape classes in the estimator's own words:
     "a large {colour} {shape}" for every colour, grouped by class
-    (:data:`cleaner.shapes.SHAPES` order); returns (texts, class of each)."""
-    from .shapes import COLOURS, SHAPES
+    (:data:`cleaner.worlds.shapes.SHAPES` order); returns (texts, class of each)."""
+    from cleaner.worlds.shapes import COLOURS, SHAPES
 
     texts = [f"a large {c} {s}" for s in SHAPES for c in COLOURS]
     return texts, np.repeat(np.arange(len(SHAPES)), len(COLOURS))
@@ -159,9 +159,9 @@ def shape_zero_shot_accuracy(checkpoint: str | Path, model: str, n: int, seed: i
     prompts of exp(cos / 0.07)) with :func:`shape_prompts`."""
     import torch
 
-    from . import shapes
-    from .estimator import load_estimator
-    from .scorers.clipcleaner import zero_shot_probs
+    from cleaner.estimator.model import load_estimator
+    from cleaner.methods.clipcleaner.scorer import zero_shot_probs
+    from cleaner.worlds import shapes
 
     est = load_estimator(model, str(checkpoint), "cpu", precision="fp32")
     samples = shapes.generate(n, seed=seed, max_objects=1)
@@ -182,9 +182,9 @@ def held_out_retrieval(checkpoint: str | Path, model: str, shard_dir: str | Path
     with the checkpoint loaded the way users load it (:func:`load_estimator`)."""
     import torch
 
-    from .decode import SampleSpec
-    from .estimator import load_estimator
-    from .train import load_split, retrieval_metrics
+    from cleaner.estimator.model import load_estimator
+    from cleaner.io.decode import SampleSpec
+    from cleaner.train.trainer import load_split, retrieval_metrics
 
     est = load_estimator(model, str(checkpoint), "cpu", precision="fp32")
     split = load_split([str(shard_dir)], est, SampleSpec(), workers=0)
@@ -244,9 +244,9 @@ def pretrained_estimator(
     ``heldout_shifted`` retrieval metrics (``i2t_R@1``, ``t2i_R@1``, ...
     in percent) and ``shape_zero_shot_accuracy`` (percent).
     """
-    from .atomic import write_json
-    from .estimator import resolve_model_name
-    from .train import TrainConfig, train
+    from cleaner.estimator.model import resolve_model_name
+    from cleaner.io.atomic import write_json
+    from cleaner.train.trainer import TrainConfig, train
 
     if samples < batch_size:
         raise ValueError(f"samples ({samples}) must be at least batch_size ({batch_size})")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .shards import RawSample
+from cleaner.io.shards import RawSample
 
 # Statuses a row can have; ``ok`` rows are scored, the others carry nulls.
 STATUSES = (

@@ -30,9 +30,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import schema as S
-from .atomic import atomic_path, write_text
-from .errors import ConfigError, InputError
+from cleaner.errors import ConfigError, InputError
+from cleaner.io import schema as S
+from cleaner.io.atomic import atomic_path, write_text
 
 MAX_SAMPLE_ROWS = 2_000_000
 BATCH_ROWS = 262_144
@@ -41,7 +41,7 @@ MAX_HTML_SHARDS = 200  # shard rows shown on the page; shards.csv holds them all
 MAX_TEXT_SHARDS = 50
 MAX_CLASSES_SHOWN = 100
 PARTITIONS = ("reliable", "quasi", "noisy")
-OSA_PEAK = 4.0 / 27.0  # the OSA weight's maximum (cleaner.scorers.osa.OSA_PEAK)
+OSA_PEAK = 4.0 / 27.0  # the OSA weight's maximum (cleaner.methods.osa.scorer.OSA_PEAK)
 
 COLOR = {
     "kept": "#2a9d8f",
