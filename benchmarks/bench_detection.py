@@ -267,7 +267,6 @@ def score_label_set(
 ) -> dict:
     from cleaner.io.embcache import EmbeddingCache
     from cleaner.methods.clipcleaner.scorer import _from_b64_f32, zero_shot_probs
-    from pipelines.methods import MethodSettings
     from pipelines.score_job import ScoreJob, ScoreSettings, run_score
 
     truth = json.loads((folder / "truth.json").read_text())
@@ -281,7 +280,7 @@ def score_label_set(
             settings=ScoreSettings(
                 methods=["clipcleaner"],
                 seed=0,
-                method=MethodSettings(cc_classes=str(classes), cc_prompts=str(prompts)),
+                options={"cc_classes": str(classes), "cc_prompts": str(prompts)},
             ),
             workers=1,
             overwrite=True,

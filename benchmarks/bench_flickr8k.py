@@ -81,7 +81,6 @@ from _common import RESULTS_DIR, md_table, write_section  # noqa: E402
 
 from cleaner.methods.beta import _grid_estimate  # noqa: E402
 from cleaner.worlds.synthetic import write_embedding_dir  # noqa: E402
-from pipelines.methods import MethodSettings  # noqa: E402
 from pipelines.score_job import ScoreJob, ScoreSettings, run_score  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -315,7 +314,7 @@ def score_level(
             methods=["osa", "sdd", "sps"],
             beta_source=source,
             seed=seed,
-            method=MethodSettings(),
+            options={},
             beta=betas["noise"].value if source == "noise" else None,
         )
         out = level / f"beta_{source}" / "scores.parquet"

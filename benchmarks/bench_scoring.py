@@ -171,7 +171,7 @@ class PhaseMonitor:
 # overhead, and nothing about the code's behaviour changes.
 HOT = [
     ("cleaner.io.embcache", "EmbeddingCache", "load", "read + validate a cache partition (each pass)"),
-    ("pipelines.score_job", None, "_estimate_beta", "OSA beta (shuffled pairs)"),
+    ("cleaner.methods.osa.method", None, "estimate_beta", "OSA beta (shuffled pairs)"),
     (
         "cleaner.methods.sps.scorer",
         "SPSScorer",
@@ -198,9 +198,9 @@ HOT = [
         "search",
         "  all top-1 searches (inside the transforms)",
     ),
-    ("pipelines.methods", None, "build_part", "build sidecar table"),
-    ("pipelines.score_job", None, "atomic_write_table", "write part (zstd + fsync)"),
-    ("pipelines.score_job", None, "merge_parts", "merge parts"),
+    ("pipelines.transform_stage", None, "build_part", "build sidecar table"),
+    ("pipelines.transform_stage", None, "atomic_write_table", "write part (zstd + fsync)"),
+    ("pipelines.transform_stage", None, "merge_parts", "merge parts"),
 ]
 
 

@@ -90,14 +90,13 @@ def main() -> None:
     sides.mkdir(exist_ok=True)
     pair_side = sides / "pairs.parquet"
     if not pair_side.exists():
-        from pipelines.methods import MethodSettings
 
         # SPS with the paper's eps1 = 0.99 leaves no reliable pair with this
         # estimator (its clean posterior tops out near 0.98; see the detection
         # benchmark), and SPS cannot train without reliable pairs: use the
         # released code's eps1 = 0.6 here, and say so in the results.
         run_score(ScoreJob(out=str(pair_side), shards=[str(root / "pairs_train")], estimator=est,
-                           settings=ScoreSettings(methods=["osa", "sdd", "sps"], method=MethodSettings(sps_eps1=0.6)),
+                           settings=ScoreSettings(methods=["osa", "sdd", "sps"], options={"sps_eps1": 0.6}),
                            workers=1, progress=False))
     # OSA with the other beta construction, from the same embeddings (no re-embedding)
     pair_side_shuffled = sides / "pairs_shuffled_beta.parquet"
@@ -106,11 +105,10 @@ def main() -> None:
                            settings=ScoreSettings(methods=["osa"], beta_source="shuffled"), progress=False))
     label_side = sides / "labels.parquet"
     if not label_side.exists():
-        from pipelines.methods import MethodSettings
 
         run_score(ScoreJob(out=str(label_side), shards=[str(root / "labels_train")], estimator=est,
                            settings=ScoreSettings(methods=["clipcleaner"],
-                                                  method=MethodSettings(cc_classes=str(root / "classes.txt"))),
+                                                  options={"cc_classes": str(root / "classes.txt")}),
                            workers=1, progress=False))
     pair_oracle = _with_oracle(pair_side, np.load(root / "pairs_noisy.npy"), sides / "pairs_oracle.parquet")
     label_oracle = _with_oracle(label_side, np.load(root / "labels_noisy.npy"), sides / "labels_oracle.parquet")

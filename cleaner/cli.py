@@ -43,11 +43,11 @@ def _register_commands() -> None:
     from cleaner.commands.embed import embed
     from cleaner.commands.filter import filter_cmd
     from cleaner.commands.report import report_cmd
-    from cleaner.commands.score import score
+    from cleaner.commands.score import PanelCommand, score
     from cleaner.commands.train import train
 
+    app.command("score", cls=PanelCommand)(score)
     for name, fn in [
-        ("score", score),
         ("embed", embed),
         ("filter", filter_cmd),
         ("report", report_cmd),

@@ -1,10 +1,17 @@
-"""Fill the embedding cache for a list of shards, skipping finished ones."""
+"""Fill the embedding cache for a list of shards, skipping finished ones.
+
+The embedding stage on its own (``nclean embed``, and the first step of
+``nclean score``): which shards still need embedding, which model and batch
+size, and writing each finished shard's cache partition. Kept apart from the
+scoring so both commands share one resumable implementation.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -127,6 +134,39 @@ def run_embed(
     check_batch_and_workers(batch_size, workers)
     report = EmbedReport()
     identity = cache_identity(est, spec)
+    todo = _shards_to_embed(shards, cache, identity, overwrite, report)
+    if not todo:
+        return report
+    # taken before reading: a shard rewritten while it is embedded shows as changed next time
+    fingerprints = {shard_stem(p): file_fingerprint(p) for p in todo}
+    estimator, bs = _estimator_and_batch_size(engine, est, batch_size)
+    on_shard = _shard_saver(cache, report, identity, fingerprints)
+    bar = tqdm(
+        total=None,
+        unit="sample",
+        desc="embed",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    try:
+        if engine == "ray":
+            _embed_on_ray(ray_address, todo, est, spec, bs, on_shard, bar.update)
+        else:
+            embed_shards(estimator, todo, spec, bs, workers, on_shard, bar.update)
+    finally:
+        bar.close()
+    return report
+
+
+def _shards_to_embed(
+    shards: list[Path], cache: EmbeddingCache, identity: dict, overwrite: bool, report: EmbedReport
+) -> list[Path]:
+    """The shards without a complete partition; the others go to ``report.skipped``.
+
+    Raises ConfigError for a partition made with other settings, or of a
+    shard that changed since it was embedded.
+    """
     todo: list[Path] = []
     changed: list[tuple[str, dict | None, dict | None]] = []
     for path in shards:
@@ -153,27 +193,28 @@ def run_embed(
             f"{describe_changes(changed)}; their cached embeddings (and any scores made from "
             "them) are stale: pass --overwrite to start over, or choose another --out/--cache"
         )
-    if not todo:
-        return report
-    # taken before reading: a shard rewritten while it is embedded shows as changed next time
-    fingerprints = {shard_stem(p): file_fingerprint(p) for p in todo}
+    return todo
+
+
+def _estimator_and_batch_size(
+    engine: str, est: EstimatorSpec, batch_size: int | None
+) -> tuple[Estimator | None, int]:
+    """The local engine's loaded model (None for ray) and the batch size to use."""
     if engine not in ("local", "ray"):
         raise ConfigError(f"--engine must be local or ray, not {engine!r}")
     if engine == "local":
         estimator = est.get()
-        bs = batch_size or default_batch_size(estimator.device)
-    else:
-        import torch
+        return estimator, batch_size or default_batch_size(estimator.device)
+    import torch
 
-        bs = batch_size or default_batch_size("cuda" if torch.cuda.is_available() else "cpu")
-    bar = tqdm(
-        total=None,
-        unit="sample",
-        desc="embed",
-        disable=not progress,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
+    # the driver loads no model for ray: its own CUDA stands in for the workers'
+    return None, batch_size or default_batch_size("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _shard_saver(
+    cache: EmbeddingCache, report: EmbedReport, identity: dict, fingerprints: dict
+) -> Callable[[ShardResult], None]:
+    """The callback that writes each finished shard's partition and records it in ``report``."""
 
     def on_shard(result: ShardResult) -> None:
         if result.fatal:
@@ -196,20 +237,21 @@ def run_embed(
         faults.checkpoint("embed")
         report.samples += len(result.meta)
 
-    def on_batch(n: int) -> None:
-        bar.update(n)
+    return on_shard
 
-    try:
-        if engine == "ray":
-            from dataclasses import replace
 
-            from pipelines.ray_runner import init_ray, ray_embed
+def _embed_on_ray(
+    ray_address: str | None,
+    todo: list[Path],
+    est: EstimatorSpec,
+    spec: SampleSpec,
+    batch_size: int,
+    on_shard: Callable[[ShardResult], None],
+    on_batch: Callable[[int], object],
+) -> None:
+    # imported here: only --engine ray needs the Ray runner
+    from pipelines.ray_runner import init_ray, ray_embed
 
-            ray = init_ray(ray_address)
-            # ship the spec, not a model the driver may have loaded
-            ray_embed(ray, todo, replace(est, _loaded=None), spec, bs, on_shard, on_batch)
-        else:
-            embed_shards(estimator, todo, spec, bs, workers, on_shard, on_batch)
-    finally:
-        bar.close()
-    return report
+    ray = init_ray(ray_address)
+    # ship the spec, not a model the driver may have loaded
+    ray_embed(ray, todo, replace(est, _loaded=None), spec, batch_size, on_shard, on_batch)

@@ -92,10 +92,12 @@ def _transform_remote(ray):
     ):
         from cleaner.io.embcache import EmbeddingCache
         from cleaner.io.sidecar import atomic_write_table
-        from pipelines.methods import ShardView, scorers_from_params, transform_shard
+        from pipelines.fit_stage import restore_scorers
+        from pipelines.shard_view import ShardView
+        from pipelines.transform_stage import transform_shard
 
         cache = EmbeddingCache(cache_root)
-        scorers = scorers_from_params(params, Path(state_dir))
+        scorers = restore_scorers(params, Path(state_dir))
         view = ShardView.load(cache, stem, pos, n_classes)
         table = transform_shard(view, stem, scorers, indexes, methods, metadata)
         atomic_write_table(table, Path(part_path))

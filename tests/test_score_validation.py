@@ -160,7 +160,7 @@ def test_run_embed_fingerprint_check_and_old_caches(tmp_path):
 
 def test_old_job_state_without_fingerprints_is_not_checked(tmp_path):
     from pipelines.layout import OutputLayout
-    from pipelines.score_job import _refuse_changed
+    from pipelines.resume import refuse_changed as _refuse_changed
 
     layout = OutputLayout.from_out(tmp_path / "w.parquet")
     now = {"a": {"size": 2, "mtime_ns": 2}}

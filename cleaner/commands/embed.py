@@ -1,4 +1,8 @@
-"""``nclean embed``: embeddings only, in clip-retrieval's layout."""
+"""``nclean embed``: embeddings only, in clip-retrieval's layout.
+
+The command line only (options, printing the report); the resumable work is
+:func:`pipelines.embed_job.run_embed`, shared with ``nclean score``.
+"""
 
 from __future__ import annotations
 
@@ -25,17 +29,25 @@ from cleaner.commands.options import (
     set_debug,
 )
 
+# The options only this command has, kept out of the signature so it reads on one screen.
+ShardsArg = typer.Argument(..., help="Shards: a directory, a glob, a brace pattern or paths.")
+OutOpt = typer.Option(
+    ...,
+    "--out",
+    "-o",
+    help="Embedding folder (img_emb/, text_emb/, metadata/ as clip-retrieval writes them).",
+)
+EngineOpt = typer.Option(
+    "local", "--engine", help="local, or ray (an actor pool, one shard per call)."
+)
+RayAddressOpt = typer.Option(
+    None, "--ray-address", help="Ray cluster address [default: $RAY_ADDRESS, else a local Ray]."
+)
+
 
 def embed(
-    shards: list[str] = typer.Argument(
-        ..., help="Shards: a directory, a glob, a brace pattern or paths."
-    ),
-    out: Path = typer.Option(
-        ...,
-        "--out",
-        "-o",
-        help="Embedding folder (img_emb/, text_emb/, metadata/ as clip-retrieval writes them).",
-    ),
+    shards: list[str] = ShardsArg,
+    out: Path = OutOpt,
     model: str = ModelOpt,
     pretrained: str = PretrainedOpt,
     device: str = DeviceOpt,
@@ -45,12 +57,8 @@ def embed(
     image_key: str = ImageKeyOpt,
     text_key: str = TextKeyOpt,
     uid_field: str = UidOpt,
-    engine: str = typer.Option(
-        "local", "--engine", help="local, or ray (an actor pool, one shard per call)."
-    ),
-    ray_address: str = typer.Option(
-        None, "--ray-address", help="Ray cluster address [default: $RAY_ADDRESS, else a local Ray]."
-    ),
+    engine: str = EngineOpt,
+    ray_address: str = RayAddressOpt,
     overwrite: bool = OverwriteOpt,
     progress: bool = ProgressOpt,
     debug: bool = DebugOpt,

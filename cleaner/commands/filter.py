@@ -1,4 +1,9 @@
-"""``nclean filter``: keep (and optionally upsample) samples by their sidecar verdicts."""
+"""``nclean filter``: keep (and optionally upsample) samples by their sidecar verdicts.
+
+The command line only: the options, turning them into a
+:class:`pipelines.filter_job.FilterJob`, and printing its summary. The job
+itself lives in :mod:`pipelines.filter_job`, so it runs without typer too.
+"""
 
 from __future__ import annotations
 
@@ -7,76 +12,88 @@ from pathlib import Path
 
 import typer
 
+from cleaner.commands.options import DebugOpt, ProgressOpt, set_debug
 from cleaner.errors import ConfigError
+
+# The options, kept out of the signature so the command reads on one screen.
+ShardsArg = typer.Argument(
+    ...,
+    help="Input shards: a directory (all *.tar), a glob, a brace pattern "
+    "(data-{000000..000099}.tar) or paths.",
+)
+WeightsOpt = typer.Option(
+    ...,
+    "--weights",
+    "-w",
+    help="Sidecar of these shards: a .parquet file or a folder of parts. Repeat for "
+    "sidecars of different shards.",
+)
+WhereOpt = typer.Option(
+    None,
+    "--where",
+    help="Keep samples for which this expression over sidecar columns is true, e.g. "
+    '"sdd_keep and osa_weight > 0" or "sps_partition == \'reliable\'". Allowed: column '
+    "names, numbers, 'strings', True/False, == != < <= > >=, and/or/not, + - * / **, "
+    "parentheses. A comparison with a null is never true. [default: keep every sample "
+    "that was scored]",
+)
+OutOpt = typer.Option(
+    None,
+    "--out",
+    "-o",
+    help="Output folder for the kept samples: {i:06d}.tar shards (members copied byte "
+    "for byte, keys kept) with {i:06d}_stats.json each, and stats.json with the totals "
+    "(written last).",
+)
+MaxcountOpt = typer.Option(10_000, "--maxcount", help="Samples per output shard at most.")
+UpsampleOpt = typer.Option(
+    None,
+    "--upsample",
+    help="Repeat kept samples in proportion to this column or expression (e.g. "
+    "osa_weight_norm), DataComp style: a sample gets w/mean(w) copies in expectation "
+    "(mean over kept samples), rounded to whole copies by seeded systematic rounding, so "
+    "the total stays the number of kept samples. Extra copies get keys <key>_dup1, "
+    "<key>_dup2, ...; a sample rounded to 0 copies is dropped.",
+)
+KeepListOpt = typer.Option(
+    None,
+    "--keep-list",
+    help="Also write a DataComp subset file (.npy): the kept samples' uids (32 hex "
+    "digits, from the sidecar's uid column) as a sorted numpy array of dtype 'u8,u8', "
+    "each uid once per copy, for DataComp's resharder.py. Works without --out.",
+)
+OnMissingOpt = typer.Option(
+    "error",
+    "--on-missing",
+    help="A sample with no row in the sidecar: 'error' (default; says how many and in "
+    "which shards, before writing anything) or 'drop'.",
+)
+KeepFailedOpt = typer.Option(
+    False,
+    "--keep-failed",
+    help="Let --where decide for samples that could not be scored (status other than ok). "
+    "By default they are dropped, with their status as the reason.",
+)
+SeedOpt = typer.Option(0, "--seed", help="Seed for the --upsample rounding.")
+OverwriteOpt = typer.Option(
+    False, "--overwrite", help="Replace the output of an earlier run in --out."
+)
 
 
 def filter_cmd(
-    shards: list[str] = typer.Argument(
-        ...,
-        help="Input shards: a directory (all *.tar), a glob, a brace pattern "
-        "(data-{000000..000099}.tar) or paths.",
-    ),
-    weights: list[Path] = typer.Option(
-        ...,
-        "--weights",
-        "-w",
-        help="Sidecar of these shards: a .parquet file or a folder of parts. Repeat for "
-        "sidecars of different shards.",
-    ),
-    where: str = typer.Option(
-        None,
-        "--where",
-        help="Keep samples for which this expression over sidecar columns is true, e.g. "
-        '"sdd_keep and osa_weight > 0" or "sps_partition == \'reliable\'". Allowed: column '
-        "names, numbers, 'strings', True/False, == != < <= > >=, and/or/not, + - * / **, "
-        "parentheses. A comparison with a null is never true. [default: keep every sample "
-        "that was scored]",
-    ),
-    out: Path = typer.Option(
-        None,
-        "--out",
-        "-o",
-        help="Output folder for the kept samples: {i:06d}.tar shards (members copied byte "
-        "for byte, keys kept) with {i:06d}_stats.json each, and stats.json with the totals "
-        "(written last).",
-    ),
-    maxcount: int = typer.Option(10_000, "--maxcount", help="Samples per output shard at most."),
-    upsample: str = typer.Option(
-        None,
-        "--upsample",
-        help="Repeat kept samples in proportion to this column or expression (e.g. "
-        "osa_weight_norm), DataComp style: a sample gets w/mean(w) copies in expectation "
-        "(mean over kept samples), rounded to whole copies by seeded systematic rounding, so "
-        "the total stays the number of kept samples. Extra copies get keys <key>_dup1, "
-        "<key>_dup2, ...; a sample rounded to 0 copies is dropped.",
-    ),
-    keep_list: Path = typer.Option(
-        None,
-        "--keep-list",
-        help="Also write a DataComp subset file (.npy): the kept samples' uids (32 hex "
-        "digits, from the sidecar's uid column) as a sorted numpy array of dtype 'u8,u8', "
-        "each uid once per copy, for DataComp's resharder.py. Works without --out.",
-    ),
-    on_missing: str = typer.Option(
-        "error",
-        "--on-missing",
-        help="A sample with no row in the sidecar: 'error' (default; says how many and in "
-        "which shards, before writing anything) or 'drop'.",
-    ),
-    keep_failed: bool = typer.Option(
-        False,
-        "--keep-failed",
-        help="Let --where decide for samples that could not be scored (status other than ok). "
-        "By default they are dropped, with their status as the reason.",
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed for the --upsample rounding."),
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Replace the output of an earlier run in --out."
-    ),
-    progress: bool = typer.Option(
-        True, "--progress/--no-progress", help="Show progress bars on stderr."
-    ),
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on internal errors."),
+    shards: list[str] = ShardsArg,
+    weights: list[Path] = WeightsOpt,
+    where: str = WhereOpt,
+    out: Path = OutOpt,
+    maxcount: int = MaxcountOpt,
+    upsample: str = UpsampleOpt,
+    keep_list: Path = KeepListOpt,
+    on_missing: str = OnMissingOpt,
+    keep_failed: bool = KeepFailedOpt,
+    seed: int = SeedOpt,
+    overwrite: bool = OverwriteOpt,
+    progress: bool = ProgressOpt,
+    debug: bool = DebugOpt,
 ):
     """Reshard the samples a sidecar keeps, optionally upsampled, and/or write a DataComp subset file.
 
@@ -88,8 +105,6 @@ def filter_cmd(
 
     Example: nclean filter shards/ --weights weights.parquet --where "sdd_keep" --out clean/
     """
-    from cleaner.commands.options import set_debug
-
     set_debug(debug)  # the console entry point shows tracebacks only when asked
     from pipelines.filter_job import FilterJob, run_filter
 
@@ -112,6 +127,12 @@ def filter_cmd(
             argv=sys.argv[1:],
         )
     )
+    _print_summary(summary, keep_list)
+    if summary.unreadable_shards:
+        raise typer.Exit(5)
+
+
+def _print_summary(summary, keep_list: Path | None) -> None:
     err = sys.stderr
     print(
         f"samples: {summary.input_samples} in {summary.input_shards} shards; kept {summary.kept}, "
@@ -131,5 +152,3 @@ def filter_cmd(
         print(f"keep list: {keep_list} ({summary.keep_list_rows} uids)", file=err)
     for name, msg in summary.unreadable_shards.items():
         print(f"unreadable shard {name}: {msg}", file=err)
-    if summary.unreadable_shards:
-        raise typer.Exit(5)

@@ -7,8 +7,6 @@ one place.
 
 from __future__ import annotations
 
-import sys
-
 import typer
 
 from cleaner.errors import ConfigError
@@ -78,47 +76,3 @@ def _estimator(model, pretrained, device, precision):
     from pipelines.embed_job import EstimatorSpec
 
     return EstimatorSpec(model=model, pretrained=pretrained, device=device, precision=precision)
-
-
-def _print_summary(summary) -> None:
-    err = sys.stderr
-    print(
-        f"rows: {summary.rows}  (parts written {summary.parts_written}, reused {summary.parts_skipped})",
-        file=err,
-    )
-    for status, n in summary.status_counts.items():
-        print(f"  {status:16s} {n}", file=err)
-    beta = summary.fit.get("beta", {})
-    if beta:
-        print(
-            f"beta: {beta['value']:.4f} ({beta['source']}, K={beta['k']}, se {beta['se']:.5f})",
-            file=err,
-        )
-    for stem, msg in summary.fatal_shards.items():
-        print(f"unreadable shard {stem}: {msg}", file=err)
-    print(f"parts: {summary.parts_dir}", file=err)
-    if summary.merged:
-        print(
-            f"sidecar: {summary.merged}{'' if summary.merged_written else ' (unchanged)'}", file=err
-        )
-
-
-def _check_clipcleaner_options(
-    prompt_aggregate, induced, folds, theta_cons, theta_gmm, estimators, selectors, combine
-):
-    from cleaner.methods.clipcleaner.scorer import CLIPCleanerScorer
-
-    try:
-        CLIPCleanerScorer(
-            2,
-            theta_cons=theta_cons,
-            theta_gmm=theta_gmm,
-            prompt_aggregate=prompt_aggregate,
-            induced=induced,
-            n_folds=folds,
-            estimators=[x.strip() for x in estimators.split(",") if x.strip()],
-            selectors=[x.strip() for x in selectors.split(",") if x.strip()],
-            combine=combine,
-        )
-    except ValueError as exc:
-        raise ConfigError(f"CLIPCleaner option: {exc}") from None

@@ -66,12 +66,18 @@ def report_cmd(
     Example: nclean report weights.parquet --out weights_report/   (then open index.html)
     """
     from cleaner.commands.options import set_debug
-    from cleaner.report.build import build_report, text_report
 
     set_debug(debug)  # the console entry point shows tracebacks only when asked
-    fmt = format.strip().lower()
+    _write_report(sidecar, out, format, sample_rows)
+
+
+def _write_report(sidecar: Path, out: Path | None, format_option: str, sample_rows: int) -> None:
+    """Check the options, then write the report where ``out`` (or its default) says."""
+    from cleaner.report.build import build_report, text_report
+
+    fmt = format_option.strip().lower()
     if fmt not in FORMATS:
-        raise ConfigError(f"--format must be html or text, not {format!r}")
+        raise ConfigError(f"--format must be html or text, not {format_option!r}")
     if sample_rows < 1:
         raise ConfigError("--sample-rows must be at least 1")
     if fmt == "text":

@@ -1,182 +1,86 @@
-"""``nclean score``: the main job, thin over :mod:`pipelines.score_job`."""
+"""``nclean score``: the main job, thin over :mod:`pipelines.score_job`.
+
+The command's options come in help panels (input, estimator, methods, one
+panel per method, neighbours and fit, output and run). The job-level ones are
+listed here; each method's options come from its declaration in the method
+registry (:mod:`cleaner.methods.catalog`), so a new method's options appear
+without touching this file. The parsed values are gathered into the
+settings objects the job takes (EstimatorSpec, SampleSpec, ScoreSettings).
+"""
 
 from __future__ import annotations
 
+import copy
+import inspect
 import sys
 from pathlib import Path
 
 import typer
+from typer.core import TyperCommand
 
-from cleaner.commands.options import (
-    BatchOpt,
-    DebugOpt,
-    DeviceOpt,
-    ImageKeyOpt,
-    ModelOpt,
-    OverwriteOpt,
-    PrecisionOpt,
-    PretrainedOpt,
-    ProgressOpt,
-    TextKeyOpt,
-    UidOpt,
-    WorkersOpt,
-    _check_clipcleaner_options,
-    _estimator,
-    _print_summary,
-    _spec,
-    set_debug,
-)
+from cleaner.commands import options as O
 from cleaner.errors import ConfigError
+from cleaner.methods import catalog
+
+INPUT, ESTIMATOR, METHODS = "Input", "Estimator", "Methods"
+FIT, OUTPUT = "Neighbours and fit", "Output and run"
 
 
-def score(
-    ctx: typer.Context,
-    shards: list[str] = typer.Argument(
-        None,
-        help="Shards: a directory, a glob, a brace pattern (data-{000000..000099}.tar) or paths.",
-    ),
-    out: Path = typer.Option(
-        ...,
-        "--out",
-        "-o",
-        help="Output folder of per-shard parts, or a .parquet file (parts go to <name>.parts/ and are merged).",
-    ),
-    embeddings: Path = typer.Option(
-        None,
-        "--embeddings",
-        help="Score precomputed embeddings (nclean embed or clip-retrieval layout) instead of shards.",
-    ),
-    methods: str = typer.Option(
-        "osa,sdd,sps",
-        "--methods",
-        help="Comma-separated: osa, sdd, sps, clipcleaner (the last needs labelled shards and --classes).",
-    ),
-    model: str = ModelOpt,
-    pretrained: str = PretrainedOpt,
-    device: str = DeviceOpt,
-    precision: str = PrecisionOpt,
-    batch_size: int = BatchOpt,
-    workers: int = WorkersOpt,
-    image_key: str = ImageKeyOpt,
-    text_key: str = TextKeyOpt,
-    uid_field: str = UidOpt,
-    cache: Path = typer.Option(
-        None, "--cache", help="Embedding cache folder [default: <out>/_nclean/embeddings]."
-    ),
-    beta_source: str = typer.Option(
-        "noise",
-        "--beta-source",
-        help="OSA beta from 'noise' (K noise images x K random token sequences; needs the model) or 'shuffled' (K real mismatched pairs).",
-    ),
-    beta_samples: int = typer.Option(
-        None,
-        "--beta-samples",
-        help="K for the beta estimate [default: 64 for noise, 10000 for shuffled].",
-    ),
-    beta: float = typer.Option(
-        None, "--beta", help="Set beta by hand (cosine units); skips estimation."
-    ),
-    seed: int = typer.Option(
-        0, "--seed", help="Seed for every random choice (beta sampling, fit samples, batches)."
-    ),
-    sdd_alpha: float = typer.Option(
-        20.0, "--sdd-alpha", help="SDD self-drop: keep a pair if 100*cosine > alpha."
-    ),
-    sdd_beta_c: float = typer.Option(
-        30.0, "--sdd-beta-c", help="SDD clean set (memory-bank pool): 100*cosine > beta_c."
-    ),
-    sps_batch_size: int = typer.Option(
-        128,
-        "--sps-batch-size",
-        help="SPS: rows per shuffled InfoNCE batch for the per-sample loss.",
-    ),
-    sps_eps1: float = typer.Option(
-        0.99,
-        "--sps-eps1",
-        help="SPS: reliable if clean probability > eps1 (paper 0.99; released code 0.6).",
-    ),
-    sps_eps2: float = typer.Option(
-        0.5, "--sps-eps2", help="SPS: noisy if clean probability <= eps2."
-    ),
-    sps_proxy_label: str = typer.Option(
-        "code",
-        "--sps-proxy-label",
-        help="SPS proxy label: 'code' (match prob x image cosine, 0 below 0.5) or 'paper' (1/(gamma+exp(-b*S))).",
-    ),
-    sps_gamma: float = typer.Option(1.0, "--sps-gamma", help="gamma of the paper's proxy label."),
-    sps_b: float = typer.Option(5.0, "--sps-b", help="b of the paper's proxy label."),
-    fit_sample: int = typer.Option(
-        1_000_000,
-        "--fit-sample",
-        help="Rows used for global fits (GMMs); a seeded uniform sample when there are more.",
-    ),
-    exact_threshold: int = typer.Option(
-        200_000,
-        "--exact-threshold",
-        help="Nearest neighbours: exact faiss search up to this many pool rows, IVF above (recall logged).",
-    ),
-    classes: Path = typer.Option(
-        None,
-        "--classes",
-        help="CLIPCleaner: class names, one per line (line number = label id), or a JSON list.",
-    ),
-    prompts: Path = typer.Option(
-        None,
-        "--prompts",
-        help="CLIPCleaner: JSON mapping class name -> list of prompts [default: built-in CLIP templates].",
-    ),
-    label_key: str = typer.Option(
-        None,
-        "--label-key",
-        help="CLIPCleaner: label member ('cls', an integer) or json:<field> [default: cls].",
-    ),
-    prompt_aggregate: str = typer.Option(
-        "sum",
-        "--prompt-aggregate",
-        help="CLIPCleaner: combine a class's prompts by 'sum' (released code) or 'mean'.",
-    ),
-    induced: str = typer.Option(
-        "oof",
-        "--induced",
-        help="CLIPCleaner induced classifier: 'oof' (out-of-fold) or 'in-sample' (released code).",
-    ),
-    folds: int = typer.Option(5, "--folds", help="CLIPCleaner: folds for out-of-fold predictions."),
-    theta_cons: float = typer.Option(
-        0.8, "--theta-cons", help="CLIPCleaner consistency threshold p(y|x)/max_k p(k|x)."
-    ),
-    theta_gmm: float = typer.Option(
-        0.5, "--theta-gmm", help="CLIPCleaner per-class GMM clean-posterior threshold."
-    ),
-    cc_estimators: str = typer.Option(
-        "zs,ind", "--cc-estimators", help="CLIPCleaner estimators that vote: zs, ind."
-    ),
-    cc_selectors: str = typer.Option(
-        "consistency,gmm", "--cc-selectors", help="CLIPCleaner selectors: consistency, gmm."
-    ),
-    cc_combine: str = typer.Option(
-        "intersection",
-        "--cc-combine",
-        help="CLIPCleaner: 'intersection' (conservative) or 'union' of the verdicts.",
-    ),
-    cc_fit_sample: int = typer.Option(
-        200_000,
-        "--cc-fit-sample",
-        help="CLIPCleaner: labelled rows to fit on (stratified sample above).",
-    ),
-    engine: str = typer.Option(
-        "local",
-        "--engine",
-        help="local (this machine) or ray (one task per shard on a Ray cluster).",
-    ),
-    ray_address: str = typer.Option(
-        None,
-        "--ray-address",
-        help="Ray cluster address [default: $RAY_ADDRESS, else start a local Ray].",
-    ),
-    overwrite: bool = OverwriteOpt,
-    progress: bool = ProgressOpt,
-    debug: bool = DebugOpt,
-):
+def _in(panel: str, option):
+    """A shared option object, shown in ``panel``."""
+    option = copy.copy(option)
+    option.rich_help_panel = panel
+    return option
+
+
+def _static_params() -> list[tuple[str, object, object]]:
+    """(name, type, typer option) of the job-level options, panel by panel."""
+    opt = typer.Option
+    return [
+        ("shards", list[str] | None, typer.Argument(None, help="Shards: a directory, a glob, a brace pattern (data-{000000..000099}.tar) or paths.")),
+        ("embeddings", Path | None, opt(None, "--embeddings", help="Score precomputed embeddings (nclean embed or clip-retrieval layout) instead of shards.", rich_help_panel=INPUT)),
+        ("image_key", str, _in(INPUT, O.ImageKeyOpt)),
+        ("text_key", str, _in(INPUT, O.TextKeyOpt)),
+        ("uid_field", str | None, _in(INPUT, O.UidOpt)),
+        ("label_key", str | None, opt(None, "--label-key", help="CLIPCleaner: label member ('cls', an integer) or json:<field> [default: cls].", rich_help_panel=INPUT)),
+        ("workers", int, _in(INPUT, O.WorkersOpt)),
+        ("model", str, _in(ESTIMATOR, O.ModelOpt)),
+        ("pretrained", str, _in(ESTIMATOR, O.PretrainedOpt)),
+        ("device", str, _in(ESTIMATOR, O.DeviceOpt)),
+        ("precision", str, _in(ESTIMATOR, O.PrecisionOpt)),
+        ("batch_size", int | None, _in(ESTIMATOR, O.BatchOpt)),
+        ("methods", str, opt(",".join(catalog.default_names()), "--methods", help=f"Comma-separated, from: {', '.join(catalog.all_names())}. " + " ".join(f"{m.name}: {m.summary}." for m in catalog.REGISTRY.values()), rich_help_panel=METHODS)),
+        ("beta_source", str, opt("noise", "--beta-source", help="OSA beta from 'noise' (K noise images x K random token sequences; needs the model) or 'shuffled' (K real mismatched pairs).", rich_help_panel=METHODS)),
+        ("beta_samples", int | None, opt(None, "--beta-samples", help="K for the beta estimate [default: 64 for noise, 10000 for shuffled].", rich_help_panel=METHODS)),
+        ("beta", float | None, opt(None, "--beta", help="Set beta by hand (cosine units); skips estimation.", rich_help_panel=METHODS)),
+        ("seed", int, opt(0, "--seed", help="Seed for every random choice (beta sampling, fit samples, batches).", rich_help_panel=METHODS)),
+        ("fit_sample", int, opt(1_000_000, "--fit-sample", help="Rows used for global fits (GMMs); a seeded uniform sample when there are more.", rich_help_panel=FIT)),
+        ("exact_threshold", int, opt(200_000, "--exact-threshold", help="Nearest neighbours: exact faiss search up to this many pool rows, IVF above (recall logged).", rich_help_panel=FIT)),
+        ("out", Path, opt(..., "--out", "-o", help="Output folder of per-shard parts, or a .parquet file (parts go to <name>.parts/ and are merged).", rich_help_panel=OUTPUT)),
+        ("cache", Path | None, opt(None, "--cache", help="Embedding cache folder [default: <out>/_nclean/embeddings].", rich_help_panel=OUTPUT)),
+        ("engine", str, opt("local", "--engine", help="local (this machine) or ray (one task per shard on a Ray cluster).", rich_help_panel=OUTPUT)),
+        ("ray_address", str | None, opt(None, "--ray-address", help="Ray cluster address [default: $RAY_ADDRESS, else start a local Ray].", rich_help_panel=OUTPUT)),
+        ("overwrite", bool, _in(OUTPUT, O.OverwriteOpt)),
+        ("progress", bool, _in(OUTPUT, O.ProgressOpt)),
+        ("debug", bool, _in(OUTPUT, O.DebugOpt)),
+    ]  # fmt: skip
+
+
+def _method_params() -> list[tuple[str, object, object]]:
+    """(name, type, typer option) of every registered method's options."""
+    out = []
+    for method in catalog.REGISTRY.values():
+        for o in method.options:
+            default = ",".join(o.default) if isinstance(o.default, tuple) else o.default
+            kind = o.type if default is not None else o.type | None
+            option = typer.Option(
+                default, o.cli_flag, help=o.help, rich_help_panel=f"Method: {method.name}"
+            )
+            out.append((o.name, kind, option))
+    return out
+
+
+def score(ctx: typer.Context, **params) -> None:
     """Score samples and write sidecar parts (embedding them first when given shards).
 
     Resumable: rerun the same command after a kill and finished shards are
@@ -186,83 +90,119 @@ def score(
 
     Example: nclean score shards/ --out weights.parquet --model ViT-B-32 --pretrained ./vitb32.pt
     """
-    set_debug(debug)
-    from cleaner.io.schema import parse_methods
-    from pipelines.methods import MethodSettings
-    from pipelines.score_job import ScoreJob, ScoreSettings, run_score
+    O.set_debug(params["debug"])
+    from pipelines.score_job import run_score
 
-    try:
-        method_list = parse_methods(methods)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    job = ScoreJob(
-        out=str(out),
-        shards=list(shards) if shards else None,
-        embeddings=str(embeddings) if embeddings else None,
-        cache=str(cache) if cache else None,
-        estimator=_estimator(model, pretrained, device, precision),
-        sample_spec=_spec(image_key, text_key, uid_field, label_key),
-        settings=ScoreSettings(
-            methods=method_list,
-            beta_source=beta_source,
-            beta_samples=beta_samples,
-            beta=beta,
-            seed=seed,
-            method=MethodSettings(
-                sdd_alpha=sdd_alpha,
-                sdd_beta_c=sdd_beta_c,
-                sps_batch_size=sps_batch_size,
-                sps_eps1=sps_eps1,
-                sps_eps2=sps_eps2,
-                sps_proxy_label=sps_proxy_label,
-                sps_gamma=sps_gamma,
-                sps_b=sps_b,
-                fit_sample=fit_sample,
-                exact_threshold=exact_threshold,
-                cc_classes=str(classes) if classes else None,
-                cc_prompts=str(prompts) if prompts else None,
-                cc_prompt_aggregate=prompt_aggregate,
-                cc_induced=induced,
-                cc_folds=folds,
-                cc_theta_cons=theta_cons,
-                cc_theta_gmm=theta_gmm,
-                cc_estimators=tuple(x.strip() for x in cc_estimators.split(",") if x.strip()),
-                cc_selectors=tuple(x.strip() for x in cc_selectors.split(",") if x.strip()),
-                cc_combine=cc_combine,
-                cc_fit_sample=cc_fit_sample,
-            ),
-        ),
-        batch_size=batch_size,
-        workers=workers,
-        overwrite=overwrite,
-        progress=progress,
-        engine=engine,
-        ray_address=ray_address,
-        argv=sys.argv[1:],
-        beta_source_explicit=ctx.get_parameter_source("beta_source").name == "COMMANDLINE",
-    )
-    if "clipcleaner" in method_list:
-        _check_clipcleaner_options(
-            prompt_aggregate,
-            induced,
-            folds,
-            theta_cons,
-            theta_gmm,
-            cc_estimators,
-            cc_selectors,
-            cc_combine,
-        )
-    elif classes or prompts or label_key:
-        raise ConfigError("--classes/--prompts/--label-key apply to --methods clipcleaner")
-    if sps_proxy_label not in ("code", "paper"):
-        raise ConfigError("--sps-proxy-label must be code or paper")
-    if not 0 <= sps_eps2 <= sps_eps1 <= 1:
-        raise ConfigError("need 0 <= --sps-eps2 <= --sps-eps1 <= 1")
-    if fit_sample < 2 or sps_batch_size < 2:
-        raise ConfigError("--fit-sample and --sps-batch-size must be at least 2")
-    if not job.shards and not job.embeddings:
-        raise ConfigError("give shards to score, or --embeddings DIR")
+    job = _job(ctx, params)
     summary = run_score(job)
     _print_summary(summary)
     if summary.fatal_shards:
         raise typer.Exit(5)
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
+
+
+def _job(ctx: typer.Context, p: dict):
+    """The ScoreJob the options describe (checked where the CLI alone can tell)."""
+    from pipelines.score_job import ScoreJob, ScoreSettings
+
+    try:
+        methods = catalog.parse_methods(p["methods"])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if not p["shards"] and not p["embeddings"]:
+        raise ConfigError("give shards to score, or --embeddings DIR")
+    options = _method_options(ctx, p, methods)
+    settings = ScoreSettings(
+        methods=methods, beta_source=p["beta_source"], beta_samples=p["beta_samples"],
+        beta=p["beta"], seed=p["seed"], fit_sample=p["fit_sample"],
+        exact_threshold=p["exact_threshold"], options=options,
+    )  # fmt: skip
+    return ScoreJob(
+        out=str(p["out"]),
+        shards=list(p["shards"]) if p["shards"] else None,
+        embeddings=str(p["embeddings"]) if p["embeddings"] else None,
+        cache=str(p["cache"]) if p["cache"] else None,
+        estimator=O._estimator(p["model"], p["pretrained"], p["device"], p["precision"]),
+        sample_spec=O._spec(p["image_key"], p["text_key"], p["uid_field"], p["label_key"]),
+        settings=settings, batch_size=p["batch_size"], workers=p["workers"],
+        overwrite=p["overwrite"], progress=p["progress"], engine=p["engine"],
+        ray_address=p["ray_address"], argv=sys.argv[1:],
+        beta_source_explicit=_given(ctx, "beta_source"),
+    )  # fmt: skip
+
+
+def _method_options(ctx: typer.Context, p: dict, methods: list[str]) -> dict:
+    """The selected methods' options, parsed; an option of a method that is
+    not selected, given on the command line, is an error (it would do nothing)."""
+    options = {}
+    for method in catalog.REGISTRY.values():
+        for o in method.options:
+            if method.name in methods:
+                options[o.name] = o.parse(p[o.name]) if o.parse else p[o.name]
+            elif _given(ctx, o.name):
+                raise ConfigError(f"{o.cli_flag} applies to --methods {method.name}")
+    if p["label_key"] and not any(catalog.get(m).needs_labels for m in methods):
+        raise ConfigError("--label-key applies to methods that read labels (clipcleaner)")
+    return options
+
+
+def _print_summary(summary) -> None:
+    err = sys.stderr
+    print(
+        f"rows: {summary.rows}  (parts written {summary.parts_written}, reused {summary.parts_skipped})",
+        file=err,
+    )
+    for status, n in summary.status_counts.items():
+        print(f"  {status:16s} {n}", file=err)
+    beta = summary.fit.get("beta", {})
+    if beta:
+        print(
+            f"beta: {beta['value']:.4f} ({beta['source']}, K={beta['k']}, se {beta['se']:.5f})",
+            file=err,
+        )
+    for stem, msg in summary.fatal_shards.items():
+        print(f"unreadable shard {stem}: {msg}", file=err)
+    print(f"parts: {summary.parts_dir}", file=err)
+    if summary.merged:
+        unchanged = "" if summary.merged_written else " (unchanged)"
+        print(f"sidecar: {summary.merged}{unchanged}", file=err)
+
+
+class PanelCommand(TyperCommand):
+    """Plain-text help (the app shows no rich markup, so ``[default: ...]``
+    in help texts stays literal) with the options grouped by their panel."""
+
+    def format_options(self, ctx, formatter) -> None:
+        groups: dict[str, list] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.param_type_name == "argument":
+                panel = "Arguments"
+            else:
+                panel = getattr(param, "rich_help_panel", None) or "Options"
+            groups.setdefault(panel, []).append(record)
+        for panel, rows in groups.items():
+            with formatter.section(panel):
+                formatter.write_dl(rows)
+
+
+def _signature() -> None:
+    """Give ``score`` the options typer reads from its signature."""
+    params = [
+        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+    ]
+    for name, kind, option in _static_params() + _method_params():
+        params.append(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+        )
+    score.__signature__ = inspect.Signature(params)
+    score.__annotations__ = {p.name: p.annotation for p in params}
+
+
+_signature()

@@ -173,11 +173,47 @@ def load_estimator(
     checkpoint, a checkpoint of another architecture, or hub weights that
     cannot be fetched offline.
     """
-    import open_clip
-
     name = resolve_model_name(model)
     device = pick_device(device)
     dtype = autocast_dtype(precision, device)
+    pretrained_arg, digest = _pretrained_source(pretrained)
+    # open_clip logs a warning for random init; we say it ourselves once.
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
+    net, preprocess = _create_model(name, pretrained, pretrained_arg, digest)
+    tokenizer = _tokenizer(name)
+    net = net.to(device).eval().requires_grad_(False)
+    pil_transform, mean, std = _split_preprocess(preprocess)
+    image_size = net.visual.image_size
+    image_size = int(image_size[0] if isinstance(image_size, (tuple, list)) else image_size)
+    context_length = int(
+        getattr(net, "context_length", None) or getattr(tokenizer, "context_length", 77)
+    )
+    with torch.inference_mode():
+        embed_dim = int(
+            net.encode_text(torch.zeros(1, context_length, dtype=torch.long, device=device)).shape[
+                -1
+            ]
+        )
+    return Estimator(
+        embed_dim=embed_dim,
+        model=net,
+        tokenizer=tokenizer,
+        pil_transform=pil_transform,
+        mean=mean,
+        std=std,
+        image_size=image_size,
+        context_length=context_length,
+        device=device,
+        dtype=dtype,
+        model_name=name,
+        pretrained=str(pretrained) if pretrained else "none",
+        pretrained_digest=digest,
+    )
+
+
+def _pretrained_source(pretrained: str | None) -> tuple[str | None, str | None]:
+    """What open_clip gets as ``pretrained`` (a file path or a hub tag; None for
+    random weights), and the file's digest when it is a local checkpoint."""
     pretrained_arg, digest = None, None
     if pretrained and pretrained.lower() != "none":
         path = Path(pretrained)
@@ -186,8 +222,13 @@ def load_estimator(
                 raise ConfigError(f"checkpoint not found: {pretrained}")
             digest = file_digest(path)
         pretrained_arg = str(path) if path.is_file() else pretrained
-    # open_clip logs a warning for random init; we say it ourselves once.
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
+    return pretrained_arg, digest
+
+
+def _create_model(name: str, pretrained: str | None, pretrained_arg: str | None, digest):
+    """open_clip's model and eval transform, its errors turned into one-line ConfigErrors."""
+    import open_clip
+
     try:
         net, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=pretrained_arg, device="cpu", weights_only=True
@@ -218,40 +259,18 @@ def load_estimator(
         raise ConfigError(
             f"could not load pretrained={pretrained} for {name}: {type(exc).__name__}: {first}{hint}"
         ) from None
+    return net, preprocess
+
+
+def _tokenizer(name: str):
+    import open_clip
+
     try:
-        tokenizer = open_clip.get_tokenizer(name)
+        return open_clip.get_tokenizer(name)
     except Exception as exc:
         raise ConfigError(
             f"could not load the tokenizer of {name} (hub tokenizers need a network): {exc}"
         ) from None
-    net = net.to(device).eval().requires_grad_(False)
-    pil_transform, mean, std = _split_preprocess(preprocess)
-    image_size = net.visual.image_size
-    image_size = int(image_size[0] if isinstance(image_size, (tuple, list)) else image_size)
-    context_length = int(
-        getattr(net, "context_length", None) or getattr(tokenizer, "context_length", 77)
-    )
-    with torch.inference_mode():
-        embed_dim = int(
-            net.encode_text(torch.zeros(1, context_length, dtype=torch.long, device=device)).shape[
-                -1
-            ]
-        )
-    return Estimator(
-        embed_dim=embed_dim,
-        model=net,
-        tokenizer=tokenizer,
-        pil_transform=pil_transform,
-        mean=mean,
-        std=std,
-        image_size=image_size,
-        context_length=context_length,
-        device=device,
-        dtype=dtype,
-        model_name=name,
-        pretrained=str(pretrained) if pretrained else "none",
-        pretrained_digest=digest,
-    )
 
 
 def save_random_checkpoint(model: str, path: str | Path, seed: int = 0) -> Path:

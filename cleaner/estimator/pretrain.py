@@ -9,7 +9,8 @@ with ``method='none'``) on CLEAN pairs of the ``default`` domain -- half of
 them single-object scenes, half the usual one to three objects -- generated
 from seeds no benchmark uses, then evaluates it on held-out clean data:
 zero-shot retrieval (R@1/5/10 both ways) in both domains, and zero-shot
-shape classification of single-object images.
+shape classification of single-object images (those metrics live in
+:mod:`cleaner.estimator.pretrain_eval`).
 
 The checkpoint lands in ``cache_dir`` (``.cache/nclean`` by default,
 git-ignored) under a name that encodes every setting, with a JSON of the
@@ -51,9 +52,14 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from cleaner.estimator.pretrain_eval import (
+    held_out_retrieval,
+    shape_prompts,
+    shape_zero_shot_accuracy,
+)
 
 # Bump when the recipe changes in a way the file name does not show
 # (data generation, evaluation, the training loop's defaults).
@@ -143,60 +149,6 @@ def _write_clean_shards(
     return paths
 
 
-def shape_prompts() -> tuple[list[str], np.ndarray]:
-    """Zero-shot prompts for the shape classes in the estimator's own words:
-    "a large {colour} {shape}" for every colour, grouped by class
-    (:data:`cleaner.worlds.shapes.SHAPES` order); returns (texts, class of each)."""
-    from cleaner.worlds.shapes import COLOURS, SHAPES
-
-    texts = [f"a large {c} {s}" for s in SHAPES for c in COLOURS]
-    return texts, np.repeat(np.arange(len(SHAPES)), len(COLOURS))
-
-
-def shape_zero_shot_accuracy(checkpoint: str | Path, model: str, n: int, seed: int) -> float:
-    """Zero-shot shape accuracy (%) on ``n`` clean single-object images of the
-    default domain: CLIPCleaner's zero-shot rule (sum over a class's
-    prompts of exp(cos / 0.07)) with :func:`shape_prompts`."""
-    import torch
-
-    from cleaner.estimator.model import load_estimator
-    from cleaner.methods.clipcleaner.scorer import zero_shot_probs
-    from cleaner.worlds import shapes
-
-    est = load_estimator(model, str(checkpoint), "cpu", precision="fp32")
-    samples = shapes.generate(n, seed=seed, max_objects=1)
-    pixels = torch.stack(
-        [torch.from_numpy(np.array(est.pil_transform(s["image"]))) for s in samples]
-    )
-    image = torch.cat(
-        [est.encode_images(est.normalise_uint8(pixels[i : i + 256])) for i in range(0, n, 256)]
-    ).numpy()
-    texts, cop = shape_prompts()
-    prompt = est.encode_text(torch.as_tensor(est.tokenizer(texts))).numpy()
-    pred = zero_shot_probs(image, prompt, cop, n_classes=len(shapes.SHAPES)).argmax(1)
-    return float(100 * np.mean(pred == np.array([s["label"] for s in samples])))
-
-
-def held_out_retrieval(checkpoint: str | Path, model: str, shard_dir: str | Path) -> dict:
-    """Zero-shot R@1/5/10 both ways on the (clean) pairs of ``shard_dir``,
-    with the checkpoint loaded the way users load it (:func:`load_estimator`)."""
-    import torch
-
-    from cleaner.estimator.model import load_estimator
-    from cleaner.io.decode import SampleSpec
-    from cleaner.train.trainer import load_split, retrieval_metrics
-
-    est = load_estimator(model, str(checkpoint), "cpu", precision="fp32")
-    split = load_split([str(shard_dir)], est, SampleSpec(), workers=0)
-    imgs, txts = [], []
-    for s in range(0, len(split), 256):
-        imgs.append(est.encode_images(est.normalise_uint8(split.images[s : s + 256])))
-        txts.append(est.encode_text(split.tokens[s : s + 256]))
-    metrics = retrieval_metrics(torch.cat(imgs), torch.cat(txts))
-    metrics["n"] = len(split)
-    return metrics
-
-
 def pretrained_estimator(
     cache_dir: Path = Path(".cache/nclean"),
     *,
@@ -244,99 +196,156 @@ def pretrained_estimator(
     ``heldout_shifted`` retrieval metrics (``i2t_R@1``, ``t2i_R@1``, ...
     in percent) and ``shape_zero_shot_accuracy`` (percent).
     """
-    from cleaner.estimator.model import resolve_model_name
-    from cleaner.io.atomic import write_json
-    from cleaner.train.trainer import TrainConfig, train
-
-    if samples < batch_size:
-        raise ValueError(f"samples ({samples}) must be at least batch_size ({batch_size})")
-    resolve_model_name(model)  # fail early on an unknown model
+    recipe = _Recipe(model, samples, epochs, batch_size, lr, seed, eval_samples, logit_scale)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    stem = checkpoint_name(model, samples, epochs, batch_size, lr, seed, logit_scale)
-    ckpt, meta_path = cache_dir / f"{stem}.pt", cache_dir / f"{stem}.json"
+    ckpt, meta_path = recipe.files(cache_dir)
     if ckpt.exists() and meta_path.exists():
         return ckpt
-    with _locked(cache_dir / f".{stem}.lock"):
-        if ckpt.exists() and meta_path.exists():  # made by another process meanwhile
-            return ckpt
-        started = time.time()
-        work = cache_dir / f".{stem}.work"
-        shutil.rmtree(work, ignore_errors=True)
-        train_dir, eval_dir, shifted_dir = work / "train", work / "eval", work / "eval_shifted"
-        _log(
-            progress,
-            f"pre-training {model} on {samples} clean shapes-world pairs ({epochs} epochs) ...",
-        )
-        _write_clean_shards(train_dir, samples, TRAIN_SEED_BASE + seed, "default", SINGLE_FRACTION)
-        _write_clean_shards(eval_dir, eval_samples, EVAL_SEED_BASE + seed, "default")
-        _write_clean_shards(shifted_dir, eval_samples, EVAL_SEED_BASE + seed, "shifted")
-        steps = epochs * (samples // batch_size)
-        cfg = TrainConfig(
-            shards=[str(train_dir)],
-            out=str(work / "run"),
-            method="none",
-            model=model,
-            pretrained=None,
-            device="cpu",
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=0.1,
-            warmup_steps=max(1, steps // 20),
-            seed=seed,
-            eval_shards=[str(eval_dir)] if eval_each_epoch else None,
-            progress=progress,
-            logit_scale=logit_scale,
-        )
-        with _torch_threads(threads):
-            t0 = time.time()
-            history = train(cfg)
-            train_s = time.time() - t0
-            tmp = cache_dir / f".{stem}.pt.tmp"
-            shutil.copyfile(work / "run" / "last.pt", tmp)
-            heldout = held_out_retrieval(tmp, model, eval_dir)
-            shifted = held_out_retrieval(tmp, model, shifted_dir)
-            shape_acc = shape_zero_shot_accuracy(
-                tmp, model, eval_samples, EVAL_SEED_BASE + SINGLE_SEED_OFFSET + seed
-            )
-        info = {
-            "checkpoint": ckpt.name,
-            "model": Path(model).stem if model.endswith(".json") else model,
-            "recipe_version": RECIPE_VERSION,
-            "settings": {
-                "samples": samples,
-                "epochs": epochs,
-                "batch_size": batch_size,
-                "lr": lr,
-                "weight_decay": cfg.weight_decay,
-                "warmup_steps": cfg.warmup_steps,
-                "seed": seed,
-                "train_data_seed": TRAIN_SEED_BASE + seed,
-                "eval_data_seed": EVAL_SEED_BASE + seed,
-                "domain": "default",
-                "single_object_fraction": SINGLE_FRACTION,
-                "eval_samples": eval_samples,
-                "fixed_logit_scale": logit_scale,
-            },
-            "heldout": heldout,
-            "heldout_shifted": shifted,
-            "shape_zero_shot_accuracy": shape_acc,
-            "train_seconds": round(train_s, 1),
-            "total_seconds": round(time.time() - started, 1),
-            "history": history,
-        }
-        os.replace(tmp, ckpt)
-        write_json(meta_path, info)
-        shutil.rmtree(work, ignore_errors=True)
-        _log(
-            progress,
-            f"pre-trained {ckpt.name} in {info['total_seconds']:.0f} s: held-out R@1 "
-            f"i2t {heldout['i2t_R@1']:.1f}% t2i {heldout['t2i_R@1']:.1f}% "
-            f"(shifted domain {shifted['i2t_R@1']:.1f}% / {shifted['t2i_R@1']:.1f}%), "
-            f"zero-shot shape accuracy {shape_acc:.1f}%",
-        )
+    with _locked(cache_dir / f".{recipe.stem}.lock"):
+        if not (ckpt.exists() and meta_path.exists()):  # else made by another process meanwhile
+            _pretrain(recipe, cache_dir, progress, threads, eval_each_epoch)
     return ckpt
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """The training recipe (all of it but ``eval_samples`` is in the checkpoint's name)."""
+
+    model: str
+    samples: int
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    eval_samples: int
+    logit_scale: float | None
+
+    def __post_init__(self) -> None:
+        from cleaner.estimator.model import resolve_model_name
+
+        if self.samples < self.batch_size:
+            raise ValueError(
+                f"samples ({self.samples}) must be at least batch_size ({self.batch_size})"
+            )
+        resolve_model_name(self.model)  # fail early on an unknown model
+
+    @property
+    def stem(self) -> str:
+        return checkpoint_name(
+            self.model,
+            self.samples,
+            self.epochs,
+            self.batch_size,
+            self.lr,
+            self.seed,
+            self.logit_scale,
+        )
+
+    def files(self, cache_dir: Path) -> tuple[Path, Path]:
+        """The checkpoint and its JSON in ``cache_dir``."""
+        return cache_dir / f"{self.stem}.pt", cache_dir / f"{self.stem}.json"
+
+
+def _pretrain(
+    recipe: _Recipe, cache_dir: Path, progress: bool, threads: int | None, eval_each_epoch: bool
+) -> None:
+    """Train, evaluate and cache ``recipe``'s checkpoint (call with the lock held)."""
+    from cleaner.io.atomic import write_json
+    from cleaner.train.trainer import train
+
+    r, stem = recipe, recipe.stem
+    ckpt, meta_path = recipe.files(cache_dir)
+    started = time.time()
+    work = cache_dir / f".{stem}.work"
+    shutil.rmtree(work, ignore_errors=True)
+    train_dir, eval_dir, shifted_dir = work / "train", work / "eval", work / "eval_shifted"
+    _log(
+        progress,
+        f"pre-training {r.model} on {r.samples} clean shapes-world pairs ({r.epochs} epochs) ...",
+    )
+    _write_clean_shards(train_dir, r.samples, TRAIN_SEED_BASE + r.seed, "default", SINGLE_FRACTION)
+    _write_clean_shards(eval_dir, r.eval_samples, EVAL_SEED_BASE + r.seed, "default")
+    _write_clean_shards(shifted_dir, r.eval_samples, EVAL_SEED_BASE + r.seed, "shifted")
+    cfg = _train_config(r, train_dir, work / "run", eval_dir if eval_each_epoch else None, progress)
+    with _torch_threads(threads):
+        t0 = time.time()
+        history = train(cfg)
+        train_s = time.time() - t0
+        tmp = cache_dir / f".{stem}.pt.tmp"
+        shutil.copyfile(work / "run" / "last.pt", tmp)
+        heldout = held_out_retrieval(tmp, r.model, eval_dir)
+        shifted = held_out_retrieval(tmp, r.model, shifted_dir)
+        shape_acc = shape_zero_shot_accuracy(
+            tmp, r.model, r.eval_samples, EVAL_SEED_BASE + SINGLE_SEED_OFFSET + r.seed
+        )
+    info = {
+        "checkpoint": ckpt.name,
+        "model": Path(r.model).stem if r.model.endswith(".json") else r.model,
+        "recipe_version": RECIPE_VERSION,
+        "settings": _settings(r, cfg),
+        "heldout": heldout,
+        "heldout_shifted": shifted,
+        "shape_zero_shot_accuracy": shape_acc,
+        "train_seconds": round(train_s, 1),
+        "total_seconds": round(time.time() - started, 1),
+        "history": history,
+    }
+    os.replace(tmp, ckpt)
+    write_json(meta_path, info)
+    shutil.rmtree(work, ignore_errors=True)
+    _log(
+        progress,
+        f"pre-trained {ckpt.name} in {info['total_seconds']:.0f} s: held-out R@1 "
+        f"i2t {heldout['i2t_R@1']:.1f}% t2i {heldout['t2i_R@1']:.1f}% "
+        f"(shifted domain {shifted['i2t_R@1']:.1f}% / {shifted['t2i_R@1']:.1f}%), "
+        f"zero-shot shape accuracy {shape_acc:.1f}%",
+    )
+
+
+def _train_config(
+    r: _Recipe, train_dir: Path, run_dir: Path, eval_dir: Path | None, progress: bool
+):
+    """The trainer's config: plain InfoNCE (``method='none'``) from random weights on CPU."""
+    from cleaner.train.trainer import TrainConfig
+
+    steps = r.epochs * (r.samples // r.batch_size)
+    return TrainConfig(
+        shards=[str(train_dir)],
+        out=str(run_dir),
+        method="none",
+        model=r.model,
+        pretrained=None,
+        device="cpu",
+        epochs=r.epochs,
+        batch_size=r.batch_size,
+        lr=r.lr,
+        weight_decay=0.1,
+        warmup_steps=max(1, steps // 20),
+        seed=r.seed,
+        eval_shards=[str(eval_dir)] if eval_dir is not None else None,
+        progress=progress,
+        logit_scale=r.logit_scale,
+    )
+
+
+def _settings(r: _Recipe, cfg) -> dict:
+    """The recipe as recorded in the checkpoint's JSON."""
+    return {
+        "samples": r.samples,
+        "epochs": r.epochs,
+        "batch_size": r.batch_size,
+        "lr": r.lr,
+        "weight_decay": cfg.weight_decay,
+        "warmup_steps": cfg.warmup_steps,
+        "seed": r.seed,
+        "train_data_seed": TRAIN_SEED_BASE + r.seed,
+        "eval_data_seed": EVAL_SEED_BASE + r.seed,
+        "domain": "default",
+        "single_object_fraction": SINGLE_FRACTION,
+        "eval_samples": r.eval_samples,
+        "fixed_logit_scale": r.logit_scale,
+    }
 
 
 def estimator_info(checkpoint: str | Path) -> dict:

@@ -25,74 +25,45 @@ BASE_FIELDS = [
     pa.field("error", pa.string()),
 ]
 
-METHOD_FIELDS: dict[str, list[pa.Field]] = {
-    "osa": [
-        pa.field("cosine", pa.float32()),  # null when status != ok
-        pa.field("osa_weight", pa.float32(), nullable=False),  # 0 when status != ok
-        pa.field("osa_weight_norm", pa.float32(), nullable=False),
-    ],
-    "sdd": [
-        pa.field("sdd_keep", pa.bool_(), nullable=False),  # False when status != ok
-        pa.field("sdd_w_con", pa.float32()),
-        pa.field("sdd_clean", pa.bool_()),
-        pa.field("sdd_mb_image_key", pa.string()),
-        pa.field("sdd_mb_text_key", pa.string()),
-    ],
-    "sps": [
-        pa.field("sps_loss", pa.float32()),
-        pa.field("sps_clean_prob", pa.float32()),
-        pa.field("sps_partition", pa.string()),  # reliable | quasi | noisy
-        pa.field("sps_proxy_key", pa.string()),
-        pa.field("sps_proxy_label", pa.float32()),
-        pa.field("sps_soft_label", pa.float32()),
-    ],
-    "clipcleaner": [
-        pa.field("label", pa.int64()),
-        *[
-            pa.field(f"cc_{name}_{est}", typ)
-            for est in ("zs", "ind")
-            for name, typ in (
-                ("pred", pa.int64()),
-                ("p_label", pa.float32()),
-                ("consistency", pa.bool_()),
-                ("gmm_clean_prob", pa.float32()),
-            )
-        ],
-        pa.field("cc_selected", pa.bool_(), nullable=False),
-        pa.field("cc_label_quality", pa.float32()),
-    ],
-}
+def _catalog():
+    # the registry owns the methods' columns; imported late so that reading
+    # a sidecar's base columns needs no method code
+    from cleaner.methods import catalog
 
-# Value a non-nullable column takes on rows that could not be scored.
-FILL_FOR_FAILED = {
-    "osa_weight": 0.0,
-    "osa_weight_norm": 0.0,
-    "sdd_keep": False,
-    "cc_selected": False,
-}
+    return catalog
 
-ALL_METHODS = tuple(METHOD_FIELDS)
-DEFAULT_METHODS = ("osa", "sdd", "sps")
+
+def method_fields(name: str) -> list[pa.Field]:
+    return list(_catalog().get(name).fields)
+
+
+def fill_for_failed() -> dict:
+    """Value each non-nullable method column takes on rows that could not be scored."""
+    return {k: v for m in _catalog().REGISTRY.values() for k, v in m.fill_for_failed.items()}
+
+
+def __getattr__(name: str):
+    # names older code and tests read as constants, derived from the registry
+    cat = _catalog()
+    if name == "METHOD_FIELDS":
+        return {n: list(m.fields) for n, m in cat.REGISTRY.items()}
+    if name == "FILL_FOR_FAILED":
+        return fill_for_failed()
+    if name == "ALL_METHODS":
+        return cat.all_names()
+    if name == "DEFAULT_METHODS":
+        return cat.default_names()
+    raise AttributeError(name)
 
 
 def parse_methods(text: str | list[str]) -> list[str]:
-    items = text.split(",") if isinstance(text, str) else list(text)
-    methods = [m.strip().lower() for m in items if m.strip()]
-    unknown = [m for m in methods if m not in METHOD_FIELDS]
-    if unknown:
-        raise ValueError(
-            f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(ALL_METHODS)}"
-        )
-    if not methods:
-        raise ValueError("no method given")
-    # canonical order, so the schema does not depend on how the list was typed
-    return [m for m in ALL_METHODS if m in methods]
+    return _catalog().parse_methods(text)
 
 
 def schema_for(methods: list[str], metadata: dict | None = None) -> pa.Schema:
     fields = list(BASE_FIELDS)
     for m in methods:
-        fields.extend(METHOD_FIELDS[m])
+        fields.extend(method_fields(m))
     schema = pa.schema(fields)
     if metadata is not None:
         schema = schema.with_metadata(
@@ -124,7 +95,9 @@ def validate(schema: pa.Schema) -> dict:
         raise SchemaError(
             f"sidecar schema version {version!r} is not supported (this nclean reads {SCHEMA_VERSION})"
         )
-    expected = schema_for(meta.get("methods", []))
+    # columns of methods this nclean does not know (a plug-in's) are not checked
+    known = [m for m in meta.get("methods", []) if m in _catalog().REGISTRY]
+    expected = schema_for(known)
     for f in expected:
         idx = schema.get_field_index(f.name)
         if idx < 0:

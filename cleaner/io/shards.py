@@ -167,48 +167,13 @@ def _split_name(name: str) -> tuple[str, str] | None:
 def _read_indexed(
     path: Path, size: int, wanted: set[str] | None, report: ShardReport
 ) -> Iterator[RawSample]:
-    # Pass 1: headers only. Group members by key, keeping first-appearance order.
-    groups: dict[str, list[tarfile.TarInfo]] = {}
-    # key -> extra groups for a key that repeats (same key and extension again)
-    repeats: dict[str, list[list[tarfile.TarInfo]]] = {}
     try:
         tf = tarfile.open(path, mode="r:")
     except (tarfile.TarError, OSError) as exc:
         raise ShardReadError(f"{path} is not a readable tar file ({exc})") from None
     with tf:
-        try:
-            for info in tf:
-                if not info.isfile():
-                    continue
-                split = _split_name(info.name)
-                if split is None:
-                    report.warnings.append(f"member without extension skipped: {info.name!r}")
-                    continue
-                key, ext = split
-                group = groups.setdefault(key, [])
-                if _has_ext(group, ext):
-                    # The same key and extension again: a second sample with a
-                    # repeated key. Keep it as its own (flagged) row.
-                    extra = repeats.setdefault(key, [])
-                    if not extra or _has_ext(extra[-1], ext):
-                        extra.append([])
-                    extra[-1].append(info)
-                    continue
-                group.append(info)
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            report.warnings.append(f"tar truncated or corrupt after {len(groups)} samples: {exc}")
-        else:
-            # tarfile ends iteration *silently* on a cut at a member boundary
-            # or inside a header, and on a corrupt header after the first:
-            # the rest of the shard would vanish without a word. A complete
-            # tar ends with a zero block where iteration stopped; say so if not.
-            tf.fileobj.seek(tf.offset)
-            block = tf.fileobj.read(tarfile.BLOCKSIZE)
-            if len(block) < tarfile.BLOCKSIZE or block.count(0) != tarfile.BLOCKSIZE:
-                report.warnings.append(
-                    f"tar truncated or corrupt after {len(groups)} samples: no end-of-archive "
-                    f"marker at byte {tf.offset}; any samples after it are lost"
-                )
+        # Pass 1: headers only. Group members by key, keeping first-appearance order.
+        groups, repeats = _group_members(tf, report)
         # Pass 2: read wanted members by offset, samples (repeats included)
         # in the order their first member appears, so `index` is the
         # sample's position in the shard -- the number the streaming reader
@@ -227,6 +192,53 @@ def _read_indexed(
                     sample.problem = "duplicate_key"
                     sample.problem_detail = f"key {key!r} appears more than once in the shard"
                 yield sample
+
+
+def _group_members(
+    tf: tarfile.TarFile, report: ShardReport
+) -> tuple[dict[str, list[tarfile.TarInfo]], dict[str, list[list[tarfile.TarInfo]]]]:
+    """Member headers by key (first-appearance order), and the extra groups of repeated keys."""
+    groups: dict[str, list[tarfile.TarInfo]] = {}
+    # key -> extra groups for a key that repeats (same key and extension again)
+    repeats: dict[str, list[list[tarfile.TarInfo]]] = {}
+    try:
+        for info in tf:
+            if not info.isfile():
+                continue
+            split = _split_name(info.name)
+            if split is None:
+                report.warnings.append(f"member without extension skipped: {info.name!r}")
+                continue
+            key, ext = split
+            group = groups.setdefault(key, [])
+            if _has_ext(group, ext):
+                # The same key and extension again: a second sample with a
+                # repeated key. Keep it as its own (flagged) row.
+                extra = repeats.setdefault(key, [])
+                if not extra or _has_ext(extra[-1], ext):
+                    extra.append([])
+                extra[-1].append(info)
+                continue
+            group.append(info)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        report.warnings.append(f"tar truncated or corrupt after {len(groups)} samples: {exc}")
+    else:
+        _check_end_marker(tf, len(groups), report)
+    return groups, repeats
+
+
+def _check_end_marker(tf: tarfile.TarFile, n_samples: int, report: ShardReport) -> None:
+    # tarfile ends iteration *silently* on a cut at a member boundary
+    # or inside a header, and on a corrupt header after the first:
+    # the rest of the shard would vanish without a word. A complete
+    # tar ends with a zero block where iteration stopped; say so if not.
+    tf.fileobj.seek(tf.offset)
+    block = tf.fileobj.read(tarfile.BLOCKSIZE)
+    if len(block) < tarfile.BLOCKSIZE or block.count(0) != tarfile.BLOCKSIZE:
+        report.warnings.append(
+            f"tar truncated or corrupt after {n_samples} samples: no end-of-archive "
+            f"marker at byte {tf.offset}; any samples after it are lost"
+        )
 
 
 def _has_ext(infos: list[tarfile.TarInfo], ext: str) -> bool:

@@ -35,6 +35,7 @@ def build_part(
     """
     schema = S.schema_for(methods, metadata)
     ok = np.asarray(ok, dtype=bool)
+    fills = S.fill_for_failed()
     arrays = []
     for field in schema:
         if field.name in meta.column_names and field.name in {f.name for f in S.BASE_FIELDS}:
@@ -46,7 +47,7 @@ def build_part(
         if len(values) != ok.sum():
             raise ValueError(f"column {field.name}: {len(values)} values for {ok.sum()} ok rows")
         arrays.append(
-            _full_column(field, np.asarray(values), ok, S.FILL_FOR_FAILED.get(field.name))
+            _full_column(field, np.asarray(values), ok, fills.get(field.name))
         )
     return pa.Table.from_arrays(arrays, schema=schema)
 

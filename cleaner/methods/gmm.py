@@ -74,20 +74,8 @@ def fit_gmm_1d(
         - ``settings``: the ``max_iter``, ``tol``, ``reg_covar`` and
           ``random_state`` used.
     """
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.mixture import GaussianMixture
-
     col = _as_column(x)
-    gmm = GaussianMixture(
-        n_components=2,
-        max_iter=max_iter,
-        tol=tol,
-        reg_covar=reg_covar,
-        random_state=random_state,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        gmm.fit(col)
+    gmm = _fit_sklearn(col, max_iter, tol, reg_covar, random_state)
     return {
         "weights": [float(w) for w in gmm.weights_.reshape(-1)],
         "means": [float(m) for m in gmm.means_.reshape(-1)],
@@ -102,6 +90,30 @@ def fit_gmm_1d(
             "random_state": random_state,
         },
     }
+
+
+def _fit_sklearn(
+    col: np.ndarray, max_iter: int, tol: float, reg_covar: float, random_state: int | None
+):
+    """sklearn's two-component ``GaussianMixture`` fitted on ``col`` (n, 1).
+
+    sklearn is imported here, not at module level, so that replaying stored
+    parameters (:func:`gmm_posterior`) never loads it.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import GaussianMixture
+
+    gmm = GaussianMixture(
+        n_components=2,
+        max_iter=max_iter,
+        tol=tol,
+        reg_covar=reg_covar,
+        random_state=random_state,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gmm.fit(col)
+    return gmm
 
 
 def component_index(params: dict, component: Literal["high", "low"]) -> int:

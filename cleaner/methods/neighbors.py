@@ -24,22 +24,11 @@ Index kinds
   transient copy of the staged part at the switch); Python only keeps the
   key, row-id and payload arrays.
 
-IVF settings
-------------
-- ``nlist = round(4 * sqrt(N))`` with N = ``max(expected_n, vectors added
-  so far)`` -- the usual faiss rule of thumb. Pass ``expected_n`` when the
-  final size is known; otherwise N is the size at the switch and the lists
-  grow longer afterwards (slower search, not lower recall). ``nlist`` is
-  capped so that every centroid gets at least 39 training points (faiss's
-  own minimum).
-- Training sample: ``train_points_per_centroid * nlist`` staged vectors
-  drawn with ``seed`` (all of them if fewer), spherical k-means (centroids
-  renormalised, the right choice for inner product on the unit sphere).
-- ``nprobe = min(nlist, 2 * ceil(sqrt(nlist)))``: scans about 2/sqrt(nlist)
-  of the lists (5% at nlist 1,600, 1% at 40,000), which on CLIP-like
-  embeddings usually keeps recall@1 above 0.95 at a small fraction of the
-  brute-force cost. :meth:`NeighborIndex.measure_recall` checks this on a
-  sample and records the result in :meth:`NeighborIndex.describe`.
+How ``nlist``, the training sample and ``nprobe`` are chosen is described
+in :mod:`cleaner.methods.neighbors_ivf`, which builds the IVF index and
+checks its recall; the self-excluding search itself is in
+:mod:`cleaner.methods.neighbors_search`. This module keeps the index's
+incremental build state and its public face.
 
 A GPU copy of the finished index is used for search when faiss sees a GPU
 (``faiss.get_num_gpus() > 0``); any failure there falls back to the CPU.
@@ -47,43 +36,26 @@ A GPU copy of the finished index is used for search when faiss sees a GPU
 
 from __future__ import annotations
 
-import math
-
 import faiss
 import numpy as np
 
-# faiss warns below 39 training points per centroid; we never go below it.
-MIN_POINTS_PER_CENTROID = 39
-# Chunk size (rows) used when moving staged vectors into the IVF index.
-_MOVE_CHUNK = 65_536
+from cleaner.methods.neighbors_ivf import (
+    MIN_POINTS_PER_CENTROID,
+    build_ivf,
+    default_nlist,
+    default_nprobe,
+    recall_against_exact,
+    switch_nlist,
+)
+from cleaner.methods.neighbors_search import (
+    as_query_row_ids,
+    normalised,
+    resolve,
+    search_positions,
+    to_gpu_if_available,
+)
 
-
-def _normalised(vectors: np.ndarray, dim: int) -> np.ndarray:
-    """float32, C-contiguous, L2-normalised copy of ``vectors`` (n, dim)."""
-    x = np.array(vectors, dtype=np.float32, order="C", copy=True, ndmin=2)
-    if x.shape[1] != dim:
-        raise ValueError(f"vectors have dimension {x.shape[1]}, index has {dim}")
-    if len(x):
-        # Inner product equals cosine only on unit vectors; the embeddings
-        # should already be normalised, this guards against drift.
-        faiss.normalize_L2(x)
-    return x
-
-
-def default_nlist(n: int) -> int:
-    """The ``4 * sqrt(n)`` rule for the number of IVF lists (at least 1)."""
-    return max(1, int(round(4.0 * math.sqrt(max(n, 1)))))
-
-
-def default_nprobe(nlist: int) -> int:
-    """Lists scanned per query: ``ceil(sqrt(nlist))``, at most ``nlist``.
-
-    Measured on 100k clustered 512-d vectors (nlist 1265): recall@1 against
-    exact search 1.0 at 2*sqrt (72 lists), 0.9998 at sqrt (36), 0.987 at
-    sqrt/2 (18), 0.75 at 8 (benchmarks/nprobe_sweep.py); search time halves
-    with each halving. sqrt keeps recall well above the 0.95 we require at
-    half the cost; every job measures and records its own recall anyway."""
-    return max(1, min(nlist, math.ceil(math.sqrt(nlist))))
+__all__ = ["MIN_POINTS_PER_CENTROID", "NeighborIndex", "default_nlist", "default_nprobe"]
 
 
 class NeighborIndex:
@@ -102,7 +74,7 @@ class NeighborIndex:
     nlist : int or None, default=None
         Number of IVF lists; ``None`` applies ``4 * sqrt(N)`` (see module doc).
     nprobe : int or None, default=None
-        Lists scanned per query; ``None`` applies ``2 * ceil(sqrt(nlist))``.
+        Lists scanned per query; ``None`` applies :func:`default_nprobe`.
     train_points_per_centroid : int, default=64
         Size of the k-means training sample, per list.
     seed : int, default=0
@@ -192,7 +164,7 @@ class NeighborIndex:
         """
         if self._finalized:
             raise RuntimeError("NeighborIndex.add() after finalize()")
-        x = _normalised(vectors, self.dim)
+        x = normalised(vectors, self.dim)
         n = len(x)
         rids = np.asarray(row_ids, dtype=np.int64).reshape(-1)
         k = np.asarray(keys, dtype=object).reshape(-1)
@@ -218,40 +190,19 @@ class NeighborIndex:
         n = self.ntotal
         if self.kind != "flat" or n <= self.exact_threshold:
             return
-        planned = self._nlist_setting or default_nlist(max(self.expected_n or 0, n))
-        # Keep staging until the quantiser can be trained for the planned
-        # nlist (or the expected size is reached); finalize() forces it.
-        needed = min(max(self.expected_n or 0, n), MIN_POINTS_PER_CENTROID * planned)
-        if n < needed and not force:
-            return
-        nlist = max(1, min(planned, n // MIN_POINTS_PER_CENTROID))
-        self._build_ivf(nlist)
+        nlist = switch_nlist(n, self.expected_n, self._nlist_setting, force)
+        if nlist is not None:
+            self._build_ivf(nlist)
 
     def _build_ivf(self, nlist: int) -> None:
-        flat = self._index
-        n = flat.ntotal
-        # Zero-copy view of the flat index's storage.
-        staged = faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
-        rng = np.random.default_rng(self.seed)
-        n_train = min(n, self.train_points_per_centroid * nlist)
-        sample = np.sort(rng.choice(n, size=n_train, replace=False))
-        train = np.ascontiguousarray(staged[sample])
-
-        quantizer = faiss.IndexFlatIP(self.dim)
-        ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        ivf.cp.seed = self.seed
-        ivf.cp.spherical = True
-        ivf.train(train)
-        del train
-        for start in range(0, n, _MOVE_CHUNK):
-            ivf.add(np.ascontiguousarray(staged[start : start + _MOVE_CHUNK]))
-        del staged
-
+        ivf, quantizer, n_train = build_ivf(
+            self._index, self.dim, nlist, self.seed, self.train_points_per_centroid
+        )
         self._quantizer = quantizer  # the IVF index does not own it
         self._index = ivf
         self.kind = "ivf"
         self.nlist = int(nlist)
-        self.n_train = int(n_train)
+        self.n_train = n_train
         self.nprobe = int(min(nlist, self._nprobe_setting or default_nprobe(nlist)))
         ivf.nprobe = self.nprobe
 
@@ -303,20 +254,9 @@ class NeighborIndex:
         self._search_index = self._to_gpu_if_available(self._index)
 
     def _to_gpu_if_available(self, index: faiss.Index) -> faiss.Index:
-        if self.use_gpu is False or index.ntotal == 0:
-            return index
-        try:
-            if faiss.get_num_gpus() <= 0:
-                return index
-            self._gpu_resources = faiss.StandardGpuResources()
-            gpu_index = faiss.index_cpu_to_gpu(self._gpu_resources, 0, index)
-            if self.kind == "ivf":
-                gpu_index.nprobe = self.nprobe
-            return gpu_index
-        except (AttributeError, RuntimeError):
-            # faiss-cpu build, or a GPU that cannot hold the index.
-            self._gpu_resources = None
-            return index
+        nprobe = self.nprobe if self.kind == "ivf" else None
+        search_index, self._gpu_resources = to_gpu_if_available(index, self.use_gpu, nprobe)
+        return search_index
 
     # ----------------------------------------------------------------- search
 
@@ -349,52 +289,12 @@ class NeighborIndex:
             (m, k) int64 neighbour row ids, -1 where missing.
         """
         self.finalize()
-        q = _normalised(queries, self.dim)
-        m = len(q)
-        qrids = (
-            np.full(m, np.iinfo(np.int64).min, dtype=np.int64)
-            if query_row_ids is None
-            else np.asarray(query_row_ids, dtype=np.int64).reshape(-1)
-        )
-        if len(qrids) != m:
-            raise ValueError(f"{m} queries but {len(qrids)} query row ids")
-        pos, scores = self._search_positions(self._search_index, q, qrids, k)
-        return self._resolve(pos, scores)
-
-    def _search_positions(
-        self, index: faiss.Index, q: np.ndarray, qrids: np.ndarray, k: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Positions (-1 = none) and scores of the k best non-self hits."""
-        m = len(q)
-        if m == 0 or self.ntotal == 0:
-            return np.full((m, k), -1, dtype=np.int64), np.full((m, k), np.nan, np.float32)
-        # One extra hit so that k remain after dropping the query itself.
-        kk = min(k + 1, self.ntotal)
-        d, i = index.search(q, kk)
-        valid = i >= 0
-        hit_rids = np.where(valid, self.row_ids[np.where(valid, i, 0)], -1)
-        valid &= hit_rids != qrids[:, None]
-        # Stable sort moves valid hits first while keeping score order.
-        order = np.argsort(~valid, axis=1, kind="stable")[:, :k]
-        pos = np.take_along_axis(np.where(valid, i, -1), order, axis=1)
-        sc = np.take_along_axis(np.where(valid, d, np.nan), order, axis=1).astype(np.float32)
-        if pos.shape[1] < k:  # fewer indexed rows than k
-            pad = k - pos.shape[1]
-            pos = np.pad(pos, ((0, 0), (0, pad)), constant_values=-1)
-            sc = np.pad(sc, ((0, 0), (0, pad)), constant_values=np.nan)
-        return pos, sc
-
-    def _resolve(
-        self, pos: np.ndarray, scores: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        found = pos >= 0
-        safe = np.where(found, pos, 0)
-        keys = np.full(pos.shape, None, dtype=object)
-        rids = np.full(pos.shape, -1, dtype=np.int64)
-        if self.ntotal:
-            keys[found] = self.keys[safe[found]]
-            rids[found] = self.row_ids[safe[found]]
-        return keys, scores, rids
+        q = normalised(queries, self.dim)
+        qrids = as_query_row_ids(query_row_ids, len(q))
+        if len(qrids) != len(q):
+            raise ValueError(f"{len(q)} queries but {len(qrids)} query row ids")
+        pos, scores = search_positions(self._search_index, self.row_ids, q, qrids, k)
+        return resolve(pos, scores, self.keys, self.row_ids)
 
     def payload_for(self, row_ids: np.ndarray) -> np.ndarray:
         """Payload values of indexed rows, by row id (NaN for -1 or unknown).
@@ -459,25 +359,11 @@ class NeighborIndex:
         if self.kind == "flat" or self.ntotal == 0:
             recall = 1.0
         else:
-            q = _normalised(sample_queries, self.dim)
-            m = len(q)
-            qrids = (
-                np.full(m, np.iinfo(np.int64).min, dtype=np.int64)
-                if query_row_ids is None
-                else np.asarray(query_row_ids, dtype=np.int64).reshape(-1)
+            q = normalised(sample_queries, self.dim)
+            qrids = as_query_row_ids(query_row_ids, len(q))
+            recall = recall_against_exact(
+                self._search_index, self._index, self.row_ids, q, qrids, k
             )
-            approx, _ = self._search_positions(self._search_index, q, qrids, k)
-            cpu = self._index
-            cpu.nprobe = self.nlist
-            try:
-                exact, _ = self._search_positions(cpu, q, qrids, k)
-            finally:
-                cpu.nprobe = self.nprobe
-            hits = [
-                len(set(a[a >= 0].tolist()) & set(e[e >= 0].tolist()))
-                for a, e in zip(approx, exact, strict=True)
-            ]
-            recall = float(np.mean(hits) / k) if m else float("nan")
         self.recall[f"recall_at_{k}"] = recall
         return recall
 

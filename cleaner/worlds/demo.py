@@ -40,11 +40,15 @@ SHARD_SIZE = 100
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("NCLEAN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "nclean")
+    base = os.environ.get("NCLEAN_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "nclean"
+    )
     return Path(base)
 
 
-def make_demo_shards(out: Path, samples: int, noise: float, seed: int = 0, shard_size: int = 100) -> list[str]:
+def make_demo_shards(
+    out: Path, samples: int, noise: float, seed: int = 0, shard_size: int = 100
+) -> list[str]:
     data = shapes.generate(samples, seed=seed)
     data, _ = shapes.add_caption_noise(data, noise, seed=seed)
     return shapes.write_shards(data, out, shard_size=shard_size, plant_corrupt=True)
@@ -54,8 +58,12 @@ def validate_demo_settings(samples, noise) -> None:
     """ConfigError (exit 2) for settings the generator cannot honour."""
     if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
         raise ConfigError(f"--samples must be a whole number >= 1, not {samples!r}")
-    if not (isinstance(noise, (int, float)) and not isinstance(noise, bool)
-            and math.isfinite(noise) and 0 <= noise < 1):
+    if not (
+        isinstance(noise, (int, float))
+        and not isinstance(noise, bool)
+        and math.isfinite(noise)
+        and 0 <= noise < 1
+    ):
         raise ConfigError(f"--noise must be a fraction in [0, 1), not {noise!r}")
     if round(noise * samples) == 1:
         raise ConfigError(
@@ -84,8 +92,9 @@ def _remove(paths) -> None:
             path.unlink()
 
 
-def ensure_demo_shards(shard_dir: Path, samples: int, noise: float, seed: int = 0,
-                       stale: tuple[Path, ...] = ()) -> bool:
+def ensure_demo_shards(
+    shard_dir: Path, samples: int, noise: float, seed: int = 0, stale: tuple[Path, ...] = ()
+) -> bool:
     """Make sure ``shard_dir`` holds the demo shards for these settings;
     return True when they were (re)generated.
 
@@ -98,8 +107,14 @@ def ensure_demo_shards(shard_dir: Path, samples: int, noise: float, seed: int = 
     regenerates again.
     """
     validate_demo_settings(samples, noise)
-    settings = {"version": SETTINGS_VERSION, "samples": int(samples), "noise": float(noise),
-                "seed": int(seed), "shard_size": SHARD_SIZE, "plant_corrupt": True}
+    settings = {
+        "version": SETTINGS_VERSION,
+        "samples": int(samples),
+        "noise": float(noise),
+        "seed": int(seed),
+        "shard_size": SHARD_SIZE,
+        "plant_corrupt": True,
+    }
     shard_dir = Path(shard_dir)
     if _read_settings(shard_dir) == settings and any(shard_dir.glob("*.tar")):
         return False
@@ -147,11 +162,17 @@ def _auroc(score: np.ndarray, clean: np.ndarray) -> float:
     return float(roc_auc_score(clean[ok], score[ok]))
 
 
-def run_demo(out: Path, samples: int = 600, noise: float = 0.4, progress: bool = True,
-             random_estimator: bool = False, cache_dir: Path | None = None) -> dict:
-    from pipelines.embed_job import EstimatorSpec
-    from pipelines.score_job import ScoreJob, ScoreSettings, run_score
-
+def run_demo(
+    out: Path,
+    samples: int = 600,
+    noise: float = 0.4,
+    progress: bool = True,
+    random_estimator: bool = False,
+    cache_dir: Path | None = None,
+) -> dict:
+    """Generate (or reuse) the demo shards under ``out``, score them with
+    OSA, SDD and SPS, print how each verdict lines up with the planted noise,
+    and return that report as a dict."""
     validate_demo_settings(samples, noise)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -162,27 +183,47 @@ def run_demo(out: Path, samples: int = 600, noise: float = 0.4, progress: bool =
     scored_with_path = out / "weights.estimator.json"
     score_outputs = (scored_with_path, sidecar, sidecar.with_suffix(".parts"))
     if ensure_demo_shards(shard_dir, samples, noise, stale=score_outputs) and progress:
-        print(f"generated {samples} samples ({noise:.0%} shuffled captions) in {shard_dir}",
-              file=sys.stderr)
-    if random_estimator:
-        model, ckpt = "nclean-tiny", out / "tiny-random.pt"
-        if not ckpt.exists():
-            save_random_checkpoint(model, ckpt)
-        what = "a random-initialised estimator: expect chance-level verdicts"
-    else:
-        from cleaner.estimator.pretrain import DEFAULT_MODEL, estimator_info, pretrained_estimator
-
-        model = DEFAULT_MODEL
-        ckpt = pretrained_estimator(cache_dir or default_cache_dir(), progress=progress)
-        held = estimator_info(ckpt)["heldout"]
-        what = (f"the estimator pre-trained on clean shapes-world pairs ({ckpt.name}; held-out R@1 "
-                f"i2t {held['i2t_R@1']:.1f}%, t2i {held['t2i_R@1']:.1f}%)")
+        print(
+            f"generated {samples} samples ({noise:.0%} shuffled captions) in {shard_dir}",
+            file=sys.stderr,
+        )
+    model, ckpt, what = _demo_estimator(out, random_estimator, cache_dir, progress)
     # Another estimator than last time (--random-estimator toggled, another
     # --cache-dir): the embedding cache would refuse to mix them and ask for
     # --overwrite, which demo does not have; start the scoring afresh instead.
     scored_with = {"model": model, "pretrained": str(ckpt)}
     if _read_json(scored_with_path) != scored_with:
         _remove(score_outputs)
+    summary = _score(shard_dir, sidecar, model, ckpt, progress)
+    write_json(scored_with_path, scored_with)
+    return _report(out, sidecar, shard_dir, summary, what)
+
+
+def _demo_estimator(
+    out: Path, random_estimator: bool, cache_dir: Path | None, progress: bool
+) -> tuple[str, Path, str]:
+    """(model name, checkpoint, words saying what it is) of the demo's estimator."""
+    if random_estimator:
+        model, ckpt = "nclean-tiny", out / "tiny-random.pt"
+        if not ckpt.exists():
+            save_random_checkpoint(model, ckpt)
+        return model, ckpt, "a random-initialised estimator: expect chance-level verdicts"
+    from cleaner.estimator.pretrain import DEFAULT_MODEL, estimator_info, pretrained_estimator
+
+    ckpt = pretrained_estimator(cache_dir or default_cache_dir(), progress=progress)
+    held = estimator_info(ckpt)["heldout"]
+    what = (
+        f"the estimator pre-trained on clean shapes-world pairs ({ckpt.name}; held-out R@1 "
+        f"i2t {held['i2t_R@1']:.1f}%, t2i {held['t2i_R@1']:.1f}%)"
+    )
+    return DEFAULT_MODEL, ckpt, what
+
+
+def _score(shard_dir: Path, sidecar: Path, model: str, ckpt: Path, progress: bool):
+    """Score the demo shards through the users' pipeline; its summary."""
+    from pipelines.embed_job import EstimatorSpec
+    from pipelines.score_job import ScoreJob, ScoreSettings, run_score
+
     job = ScoreJob(
         out=str(sidecar),
         shards=[str(shard_dir)],
@@ -192,25 +233,40 @@ def run_demo(out: Path, samples: int = 600, noise: float = 0.4, progress: bool =
         progress=progress,
         argv=["demo"],
     )
-    summary = run_score(job)
-    write_json(scored_with_path, scored_with)
+    return run_score(job)
+
+
+def _verdicts(scored, beta: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per method: (keep verdict, clean score) of the scored rows."""
+    return {
+        # OSA's own rule: d = cosine - beta > 0. (`osa_weight > 0` is the same
+        # only for beta >= 0: the small estimator's noise beta is negative,
+        # where the cubic is 0 beyond cosine = 1 + beta -- see README.)
+        "OSA (cosine > beta)": (scored.cosine.to_numpy() > beta, scored.cosine.to_numpy()),
+        "SDD (sdd_keep)": (scored.sdd_keep.to_numpy(bool), scored.sdd_w_con.to_numpy()),
+        "SPS (partition != noisy)": (
+            (scored.sps_partition != "noisy").to_numpy(),
+            scored.sps_clean_prob.to_numpy(),
+        ),
+    }
+
+
+def _report(out: Path, sidecar: Path, shard_dir: Path, summary, what: str) -> dict:
+    """Compare each method's verdict with the generator's truth; print and
+    return the comparison."""
     table = pq.read_table(sidecar).to_pandas()
     truth = _truth(shard_dir)
     table["clean"] = table["key"].map(truth)
     scored = table[(table.status == "ok") & table.clean.notna()]
     clean = scored.clean.astype(bool).to_numpy()
-    verdicts = {
-        # OSA's own rule: d = cosine - beta > 0. (`osa_weight > 0` is the same
-        # only for beta >= 0: the small estimator's noise beta is negative,
-        # where the cubic is 0 beyond cosine = 1 + beta -- see README.)
-        "OSA (cosine > beta)": (
-            scored.cosine.to_numpy() > summary.fit["beta"]["value"], scored.cosine.to_numpy()
-        ),
-        "SDD (sdd_keep)": (scored.sdd_keep.to_numpy(bool), scored.sdd_w_con.to_numpy()),
-        "SPS (partition != noisy)": ((scored.sps_partition != "noisy").to_numpy(), scored.sps_clean_prob.to_numpy()),
+    verdicts = _verdicts(scored, summary.fit["beta"]["value"])
+    report = {
+        "sidecar": str(sidecar),
+        "rows": int(len(table)),
+        "status_counts": summary.status_counts,
+        "beta": summary.fit["beta"]["value"],
+        "methods": {},
     }
-    report = {"sidecar": str(sidecar), "rows": int(len(table)), "status_counts": summary.status_counts,
-              "beta": summary.fit["beta"]["value"], "methods": {}}
     err = sys.stderr
     print(f"\nsidecar: {sidecar}  ({report['rows']} rows, one per sample)", file=err)
     for status, n in summary.status_counts.items():
@@ -224,6 +280,9 @@ def run_demo(out: Path, samples: int = 600, noise: float = 0.4, progress: bool =
         auc = _auroc(score.astype(float), clean)
         report["methods"][name] = {"clean_kept": kept, "noise_caught": caught, "auroc": auc}
         print(f"{name:28s} {100 * kept:9.1f}% {100 * caught:12.1f}% {auc:7.3f}", file=err)
-    print(f"(ground truth: {int((~clean).sum())} of {len(clean)} scorable pairs have a shuffled caption)", file=err)
+    print(
+        f"(ground truth: {int((~clean).sum())} of {len(clean)} scorable pairs have a shuffled caption)",
+        file=err,
+    )
     print(f"next: nclean report {sidecar} --out {out / 'report'}", file=err)
     return report

@@ -11,10 +11,10 @@ The cubic is meant for beta >= 0, where d <= 1 - beta <= 1. An estimator
 whose noise beta is negative (seen with the shapes-world estimator) would
 give pairs with d > 1 -- the *best* matches -- a negative weight, which a
 trainer would turn into pushing matched pairs apart. We clamp the weight at
-0 (as :func:`cleaner.methods.losses.osa_weight_paper` does) and the pipeline warns
+0 (as :func:`cleaner.methods.osa.loss.osa_weight_paper` does) and the pipeline warns
 when beta < 0; ``cosine`` is always there for a rule of your own. The released code's
 per-batch form (d divided by the batch's largest d) is a training-time
-choice and lives in :mod:`cleaner.methods.losses`, not here: a sample's offline
+choice and lives in :mod:`cleaner.methods.osa.loss`, not here: a sample's offline
 score must not depend on its batch.
 """
 

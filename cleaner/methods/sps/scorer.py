@@ -50,7 +50,6 @@ Offline definitions (the released code computes these during training)
 
 from __future__ import annotations
 
-import hashlib
 from typing import Literal
 
 import numpy as np
@@ -64,57 +63,12 @@ from cleaner.methods.gmm import (
     gmm_posterior,
 )
 from cleaner.methods.neighbors import NeighborIndex
+from cleaner.methods.sps.inbatch import batch_stats, loss_batches
+from cleaner.methods.sps.proxies import nearest_proxies
+
+__all__ = ["NOISY", "QUASI", "RELIABLE", "SPSScorer", "loss_batches"]
 
 RELIABLE, QUASI, NOISY = "reliable", "quasi", "noisy"
-# Number of batches scored in one vectorised step (bounds temporary memory).
-_BATCHES_PER_STEP = 64
-
-
-def _batch_seed(seed: int, seed_key: str) -> np.random.SeedSequence:
-    """Seed derived from (seed, seed_key) only, stable across runs and machines."""
-    digest = hashlib.sha256(seed_key.encode("utf-8")).digest()
-    words = [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]
-    return np.random.SeedSequence([int(seed), *words])
-
-
-def loss_batches(n: int, batch_size: int, seed: int, seed_key: str) -> list[np.ndarray]:
-    """Row indices of each loss batch: a seeded permutation cut in batch_size pieces.
-
-    A 1-row tail is merged into the previous batch (its loss would be 0).
-    """
-    if n == 0:
-        return []
-    perm = np.random.default_rng(_batch_seed(seed, seed_key)).permutation(n)
-    batches = [perm[start : start + batch_size] for start in range(0, n, batch_size)]
-    if len(batches) > 1 and len(batches[-1]) == 1:
-        tail = batches.pop()
-        batches[-1] = np.concatenate([batches[-1], tail])
-    return batches
-
-
-def _infonce_stats(
-    image: np.ndarray, text: np.ndarray, temperature: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row loss and y_hat for a stack of equal-size batches.
-
-    ``image``, ``text``: (m, B, d) float32. Returns two (m, B) float64 arrays:
-    ``CE(i2t) + CE(t2i)`` and the mean of the row- and column-softmax
-    diagonals (the released ``predict``).
-    """
-    # float32 matmul (the embeddings' precision, and much faster than
-    # float64 batched matmul), softmax arithmetic in float64.
-    logits = np.matmul(image, np.swapaxes(text, 1, 2)).astype(np.float64) / temperature
-    diag = np.diagonal(logits, axis1=1, axis2=2)
-    # log-sum-exp with max subtraction: logits reach 1/0.07 ~ 14 in magnitude.
-    row_max = logits.max(axis=2, keepdims=True)
-    row_lse = np.log(np.exp(logits - row_max).sum(axis=2)) + row_max[..., 0]
-    col_max = logits.max(axis=1, keepdims=True)
-    col_lse = np.log(np.exp(logits - col_max).sum(axis=1)) + col_max[:, 0, :]
-    log_p_i2t = diag - row_lse
-    log_p_t2i = diag - col_lse
-    loss = -(log_p_i2t + log_p_t2i)
-    y_hat = 0.5 * (np.exp(log_p_i2t) + np.exp(log_p_t2i))
-    return loss, y_hat
 
 
 class SPSScorer:
@@ -206,28 +160,7 @@ class SPSScorer:
         y_hat : np.ndarray
             float32 mean of the row's i2t and t2i softmax diagonals, in [0, 1].
         """
-        n = len(pairs)
-        loss = np.zeros(n, dtype=np.float64)
-        y_hat = np.ones(n, dtype=np.float64)
-        batches = loss_batches(n, self.batch_size, self.seed, seed_key)
-        # All batches but (possibly) the last have batch_size rows: stack
-        # them to score many in one matmul; the odd one goes alone.
-        full = [bt for bt in batches if len(bt) == self.batch_size]
-        odd = [bt for bt in batches if len(bt) != self.batch_size]
-        for start in range(0, len(full), _BATCHES_PER_STEP):
-            idx = np.stack(full[start : start + _BATCHES_PER_STEP])
-            self._score(pairs, idx, loss, y_hat)
-        for bt in odd:
-            if len(bt) > 1:
-                self._score(pairs, bt[None, :], loss, y_hat)
-        return loss.astype(np.float32), y_hat.astype(np.float32)
-
-    def _score(self, pairs: Pairs, idx: np.ndarray, loss: np.ndarray, y_hat: np.ndarray) -> None:
-        image = pairs.image[idx]
-        text = pairs.text[idx]
-        batch_loss, batch_y = _infonce_stats(image, text, self.temperature)
-        loss[idx] = batch_loss
-        y_hat[idx] = batch_y
+        return batch_stats(pairs, self.batch_size, self.temperature, self.seed, seed_key)
 
     def per_sample_loss(self, pairs: Pairs, seed_key: str = "") -> np.ndarray:
         """``L_i = CE(i2t) + CE(t2i)`` per pair, float32 (see :meth:`batch_stats`)."""
@@ -374,15 +307,6 @@ class SPSScorer:
         """Reliable rows (``p > eps1``, not forced noisy): the proxy pool."""
         return self.reference_rows(pairs, seed_key)[0]
 
-    def _proxy_labels(self, similarity: np.ndarray, match_prob: np.ndarray) -> np.ndarray:
-        s = similarity.astype(np.float64)
-        if self.proxy_label == "paper":
-            return (1.0 / (self.gamma + np.exp(-self.b * s))).astype(np.float32)
-        label = match_prob.astype(np.float64) * s
-        # Released rule: a weak proxy (product below 0.5) is no positive.
-        label[label < 0.5] = 0.0
-        return label.astype(np.float32)
-
     def transform(
         self,
         pairs: Pairs,
@@ -420,31 +344,17 @@ class SPSScorer:
         loss, y_hat = self.batch_stats(pairs, seed_key)
         p = self.clean_prob(loss)
         part = self.partition(p)
-        n = len(pairs)
-
-        soft = np.full(n, np.nan, dtype=np.float32)
+        soft = np.full(len(pairs), np.nan, dtype=np.float32)
         quasi = part == QUASI
         soft[quasi] = p[quasi] + (1.0 - p[quasi]) * y_hat[quasi]
-
-        proxy_key = np.full(n, None, dtype=object)
-        proxy_label = np.full(n, np.nan, dtype=np.float32)
-        noisy = np.flatnonzero(part == NOISY)
-        if image_index is not None and image_index.ntotal > 0 and len(noisy):
-            keys, sims, rids = image_index.search(pairs.image[noisy], pairs.row_ids[noisy], k=1)
-            keys, sims, rids = keys[:, 0], sims[:, 0], rids[:, 0]
-            found = rids >= 0
-            if self.proxy_label == "code":
-                if image_index.payload is None:
-                    raise ValueError(
-                        "proxy_label='code' needs the reliable index built with "
-                        "payload=match_prob (see SPSScorer.reference_rows)"
-                    )
-                match_prob = image_index.payload_for(rids[found])
-            else:
-                match_prob = np.ones(int(found.sum()), dtype=np.float32)
-            proxy_key[noisy[found]] = keys[found]
-            proxy_label[noisy[found]] = self._proxy_labels(sims[found], match_prob)
-
+        proxy_key, proxy_label = nearest_proxies(
+            pairs,
+            np.flatnonzero(part == NOISY),
+            image_index,
+            self.proxy_label,
+            self.gamma,
+            self.b,
+        )
         return {
             "sps_loss": loss,
             "sps_clean_prob": p,

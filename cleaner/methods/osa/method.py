@@ -1,0 +1,77 @@
+"""OSA's declaration: columns, and the fit that estimates beta.
+
+OSA has no options of its own beyond the job's beta settings
+(``--beta-source``, ``--beta-samples``, ``--beta``), which stay on
+ScoreSettings because the sidecar metadata and the report show beta on its
+own. Its fit is the beta estimate: from noise (needs the estimator) or from
+seeded mismatched pairs of the data (needs rows of the cache).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from cleaner.methods.registry import FitContext, Method
+
+
+class OSA(Method):
+    name = "osa"
+    default = True
+    summary = "per-sample loss weight from the cosine and the debiased boundary beta"
+    fields = (
+        pa.field("cosine", pa.float32()),  # null when status != ok
+        pa.field("osa_weight", pa.float32(), nullable=False),  # 0 when status != ok
+        pa.field("osa_weight_norm", pa.float32(), nullable=False),
+    )
+    fill_for_failed = {"osa_weight": 0.0, "osa_weight_norm": 0.0}
+
+    def fit(self, scorer, ctx: FitContext) -> dict:
+        beta = estimate_beta(ctx)
+        ctx.log(
+            f"beta = {beta.value:.4f} (source {beta.source}, K={beta.k}, "
+            f"std {beta.std:.4f}, se {beta.se:.5f})"
+        )
+        return {"beta": beta.to_dict()}
+
+    def restore(self, params: dict, ctx: FitContext | None = None):
+        from cleaner.methods.osa.scorer import OSAScorer
+
+        return OSAScorer.from_params(params)
+
+    def transform(self, scorer, pairs, pools: dict, seed_key: str) -> dict[str, np.ndarray]:
+        return scorer.transform(pairs)
+
+
+def estimate_beta(ctx: FitContext):
+    """Beta by hand, from noise inputs through the estimator, or from K
+    seeded mismatched pairs of the data (no image or caption used twice)."""
+    from cleaner.errors import NothingScoredError
+    from cleaner.methods.beta import (
+        DEFAULT_NOISE_K,
+        DEFAULT_SHUFFLED_K,
+        BetaEstimate,
+        noise_beta,
+        sample_mismatched_indices,
+        shuffled_beta_from_rows,
+    )
+
+    st = ctx.settings
+    if st.beta is not None:
+        return BetaEstimate.manual(st.beta)
+    if st.beta_source == "noise":
+        k = st.beta_samples or DEFAULT_NOISE_K
+        ctx.log(f"estimating beta from {k} noise images x {k} random token sequences ...")
+        return noise_beta(ctx.estimator(), k=k, seed=st.seed)
+    k = st.beta_samples or DEFAULT_SHUFFLED_K
+    if sum(ctx.ok_counts) < 2:
+        raise NothingScoredError(
+            "shuffled beta needs at least two scorable samples; none or one found"
+        )
+    i, j = sample_mismatched_indices(ctx.ok_counts, k, st.seed)
+    if len(i) < k:
+        ctx.log(
+            f"shuffled beta: {sum(ctx.ok_counts)} scorable samples support {len(i)} "
+            f"independent mismatched pairs, not {k}: using K={len(i)}"
+        )
+    return shuffled_beta_from_rows(ctx.gather_rows(i, "image"), ctx.gather_rows(j, "text"), st.seed)

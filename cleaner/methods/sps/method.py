@@ -1,0 +1,99 @@
+"""SPS's declaration: columns, options, the GMM fit on the in-batch loss,
+the reliable-image pool and the transform."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from cleaner.methods.registry import FitContext, Method, Option
+
+
+def _proxy_label(value) -> str | None:
+    return None if value in ("code", "paper") else "--sps-proxy-label must be code or paper"
+
+
+def _at_least_two(value) -> str | None:
+    return None if value >= 2 else "--sps-batch-size must be at least 2"
+
+
+class SPS(Method):
+    name = "sps"
+    default = True
+    summary = "reliable / quasi / noisy partition, proxy partners and soft labels"
+    fields = (
+        pa.field("sps_loss", pa.float32()),
+        pa.field("sps_clean_prob", pa.float32()),
+        pa.field("sps_partition", pa.string()),  # reliable | quasi | noisy
+        pa.field("sps_proxy_key", pa.string()),
+        pa.field("sps_proxy_label", pa.float32()),
+        pa.field("sps_soft_label", pa.float32()),
+    )
+    options = (
+        Option(
+            "sps_batch_size",
+            128,
+            "SPS: rows per shuffled InfoNCE batch for the per-sample loss.",
+            type=int,
+            check=_at_least_two,
+        ),
+        Option(
+            "sps_eps1",
+            0.99,
+            "SPS: reliable if clean probability > eps1 (paper 0.99; released code 0.6).",
+        ),
+        Option("sps_eps2", 0.5, "SPS: noisy if clean probability <= eps2."),
+        Option(
+            "sps_proxy_label",
+            "code",
+            "SPS proxy label: 'code' (match prob x image cosine, 0 below 0.5) or 'paper' "
+            "(1/(gamma+exp(-b*S))).",
+            type=str,
+            check=_proxy_label,
+        ),
+        Option("sps_gamma", 1.0, "gamma of the paper's proxy label."),
+        Option("sps_b", 5.0, "b of the paper's proxy label."),
+    )
+
+    def check_options(self, options: dict) -> None:
+        super().check_options(options)
+        if not 0 <= options["sps_eps2"] <= options["sps_eps1"] <= 1:
+            raise ValueError("need 0 <= --sps-eps2 <= --sps-eps1 <= 1")
+
+    def new_scorer(self, options: dict, seed: int):
+        from cleaner.methods.sps.scorer import SPSScorer
+
+        return SPSScorer(
+            batch_size=options["sps_batch_size"],
+            eps1=options["sps_eps1"],
+            eps2=options["sps_eps2"],
+            proxy_label=options["sps_proxy_label"],
+            gamma=options["sps_gamma"],
+            b=options["sps_b"],
+            seed=seed,
+        )
+
+    def sample_columns(self, scorer, pairs, seed_key: str) -> dict[str, np.ndarray]:
+        return {"sps_loss": scorer.per_sample_loss(pairs, seed_key=seed_key)}
+
+    def fit(self, scorer, ctx: FitContext) -> dict:
+        loss = ctx.sample["sps_loss"]
+        params = scorer.fit(loss).get_params()
+        reliable = scorer.partition(scorer.clean_prob(loss)) == "reliable"
+        params["pool_fraction"] = float(np.mean(reliable))
+        return params
+
+    def restore(self, params: dict, ctx: FitContext | None = None):
+        from cleaner.methods.sps.scorer import SPSScorer
+
+        return SPSScorer.from_params(params)
+
+    def pools(self, scorer) -> dict[str, str]:
+        return {"sps_image": "image"}
+
+    def reference_rows(self, scorer, pairs, seed_key: str) -> dict[str, tuple]:
+        m, match_prob = scorer.reference_rows(pairs, seed_key=seed_key)
+        return {"sps_image": (m, match_prob)}
+
+    def transform(self, scorer, pairs, pools: dict, seed_key: str) -> dict[str, np.ndarray]:
+        return scorer.transform(pairs, pools.get("sps_image"), seed_key=seed_key)

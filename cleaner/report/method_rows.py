@@ -1,0 +1,137 @@
+"""Each method's key numbers as (name, value) rows: OSA, SDD, SPS and CLIPCleaner.
+
+A module of its own because each method reads its own fitted parameters
+(thresholds, GMMs, settings) from the sidecar's metadata; the text and HTML
+renderers only look a method up in :data:`METHOD_ROWS`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from cleaner.report.data import OSA_PEAK, PARTITIONS, ReportData
+from cleaner.report.tables import fmt_count, fmt_pct
+
+
+def _share(part: int, whole: int) -> str:
+    """'count  share of ok', padded so that a column of them lines up in text."""
+    return f"{fmt_count(part):>{len(fmt_count(whole))}}  {fmt_pct(part, whole):>6} of ok"
+
+
+def _decimals(x, digits: int = 4) -> str:
+    """A number with ``digits`` decimals; "-" when missing or not finite."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return f"{x:.{digits}f}"
+
+
+def _quantiles(x: np.ndarray) -> str:
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return "-"
+    q = np.quantile(x, [0.05, 0.5, 0.95])
+    return f"{q[0]:.4f} / {q[1]:.4f} / {q[2]:.4f}"
+
+
+def _gmm_text(gmm: dict | None, unit: str, scale: float = 1.0) -> list[tuple[str, str]]:
+    """One line per component, lowest mean first: weight, mean, sd (divided by ``scale``)."""
+    if not gmm or not gmm.get("means"):
+        return []
+    order = np.argsort(gmm["means"])
+    rows = []
+    for rank, k in enumerate(order):
+        mean = gmm["means"][k] / scale
+        sd = math.sqrt(gmm["variances"][k]) / scale
+        rows.append(
+            (
+                f"GMM component {rank + 1} ({unit})",
+                f"weight {gmm['weights'][k]:.3f}, mean {mean:.4f}, sd {sd:.4f}",
+            )
+        )
+    return rows
+
+
+def osa_rows(d: ReportData) -> list[tuple[str, str]]:
+    ok = d.ok_rows
+    kept = d.total("osa_kept")
+    return [
+        ("kept (osa_weight > 0)", _share(kept, ok)),
+        ("zero weight", _share(ok - kept, ok)),
+        ("mean osa_weight", f"{_decimals(d.mean('osa_weight'))} (peak {OSA_PEAK:.4f})"),
+        ("mean cosine", _decimals(d.mean("cosine"))),
+        ("cosine p5 / p50 / p95", _quantiles(d.sample.get("cosine", np.zeros(0)))),
+    ]
+
+
+def sdd_rows(d: ReportData) -> list[tuple[str, str]]:
+    p, ok = d.params("sdd"), d.ok_rows
+    scale = float(p.get("scale") or 100.0)
+    kept, clean = d.total("sdd_kept"), d.total("sdd_clean")
+    rows = []
+    if p.get("alpha") is not None:
+        rows.append(("alpha (self-drop)", f"{p['alpha']:g} = cosine {p['alpha'] / scale:.3f}"))
+    if p.get("beta_c") is not None:
+        rows.append(("beta_c (clean set)", f"{p['beta_c']:g} = cosine {p['beta_c'] / scale:.3f}"))
+    rows += [
+        ("kept (sdd_keep)", _share(kept, ok)),
+        ("dropped", _share(ok - kept, ok)),
+        ("clean set (sdd_clean)", _share(clean, ok)),
+        ("mean sdd_w_con", _decimals(d.mean("sdd_w_con"))),
+    ]
+    if p.get("fit_rows") is not None:
+        rows.append(
+            (
+                "GMM fit rows",
+                f"{fmt_count(p['fit_rows'])} of {fmt_count(p.get('fit_rows_total') or p['fit_rows'])}",
+            )
+        )
+    return rows + _gmm_text(p.get("gmm"), "cosine", scale)  # shown in cosine units
+
+
+def sps_rows(d: ReportData) -> list[tuple[str, str]]:
+    p, ok = d.params("sps"), d.ok_rows
+    rows = [(part, _share(d.total(f"sps_{part}"), ok)) for part in PARTITIONS]
+    rows.append(("eps1 / eps2", f"{p.get('eps1', '?')} / {p.get('eps2', '?')}"))
+    rows.append(("mean sps_loss", _decimals(d.mean("sps_loss"))))
+    if p.get("loss_min") is not None:
+        rows.append(
+            ("GMM loss range", f"{p['loss_min']:.4f} .. {p['loss_max']:.4f} (min-max normalised)")
+        )
+    if p.get("fit_rows") is not None:
+        rows.append(
+            (
+                "GMM fit rows",
+                f"{fmt_count(p['fit_rows'])} of {fmt_count(p.get('fit_rows_total') or p['fit_rows'])}",
+            )
+        )
+    rows += [
+        (k, str(p[k]))
+        for k in ("proxy_label", "batch_size", "forced_noisy_threshold")
+        if p.get(k) is not None
+    ]
+    return rows + _gmm_text(p.get("gmm"), "normalised loss")  # on the normalised loss
+
+
+def clipcleaner_rows(d: ReportData) -> list[tuple[str, str]]:
+    p, ok = d.params("clipcleaner"), d.ok_rows
+    sel = d.total("cc_selected")
+    rows = [
+        ("selected (cc_selected)", _share(sel, ok)),
+        ("not selected", _share(ok - sel, ok)),
+        ("mean cc_label_quality", _decimals(d.mean("cc_label_quality"))),
+        ("classes", str(len(p.get("classes") or []) or len(d.class_rows))),
+    ]
+    settings = p.get("settings") or {}
+    for k in ("combine", "estimators", "selectors", "induced", "theta_cons", "theta_gmm"):
+        if k in settings:
+            v = settings[k]
+            rows.append((k, ", ".join(map(str, v)) if isinstance(v, list) else str(v)))
+    if p.get("n_fit") is not None:
+        rows.append(("fit rows", fmt_count(p["n_fit"])))
+    return rows
+
+
+METHOD_ROWS = {"osa": osa_rows, "sdd": sdd_rows, "sps": sps_rows, "clipcleaner": clipcleaner_rows}
+METHOD_TITLES = {"osa": "OSA", "sdd": "SDD", "sps": "SPS", "clipcleaner": "CLIPCleaner"}

@@ -1,0 +1,119 @@
+"""The trainer's view of a sidecar: read it, check it serves the method, join it.
+
+Reading fails with the one-line errors ``nclean filter`` gives (a missing or
+invalid sidecar is an :class:`~cleaner.errors.InputError`), the method's
+columns and ``--where`` are checked before any shard is decoded, and the
+rows are aligned to the decoded samples, with counts when they do not match.
+
+A module of its own because both training tasks apply the same checks and
+the same join, and none of it needs the model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cleaner.errors import ConfigError, InputError
+from cleaner.io.schema import SchemaError
+from cleaner.io.sidecar import read_sidecar
+from cleaner.train.config import TrainConfig
+from cleaner.train.data import Split
+from cleaner.train.lookup import SidecarMismatchError
+from cleaner.train.verdicts import evaluate
+
+
+def read_train_sidecar(sidecar_path: str):
+    """``(table, meta)`` of a sidecar, or the one-line InputError (exit 3)
+    ``nclean filter`` gives for a missing, non-Parquet or invalid sidecar."""
+    try:
+        return read_sidecar(sidecar_path)
+    except SchemaError as exc:
+        raise InputError(f"--sidecar: {exc}") from None
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"--sidecar: cannot read sidecar ({exc})") from None
+
+
+def join_sidecar(split: Split, sidecar_path: str, loaded=None):
+    """Sidecar rows aligned to ``split`` (a pandas frame), or a clear error
+    with counts when the sidecar does not describe these shards
+    (:class:`~cleaner.train.weights.SidecarMismatchError`, exit 2, as in
+    ``nclean filter``). ``loaded``: ``(table, meta)`` already read."""
+    table, meta = loaded if loaded is not None else read_train_sidecar(sidecar_path)
+    frame = table.to_pandas()
+    frame.index = list(zip(frame["shard"], frame["key"]))
+    wanted = list(zip(split.shards, split.keys))
+    missing = [w for w in wanted if w not in frame.index]
+    if missing:
+        shards = sorted({s for s, _ in missing})
+        raise SidecarMismatchError(
+            f"{len(missing)} of {len(wanted)} training samples have no row in {sidecar_path} "
+            f"(shards: {', '.join(shards[:5])}{' ...' if len(shards) > 5 else ''}); "
+            "was the sidecar made from these shards?"
+        )
+    return frame.loc[wanted].reset_index(drop=True), meta
+
+
+def where_mask(side, expr: str) -> np.ndarray:
+    """Keep mask of ``--where`` over sidecar rows (a pandas frame or a
+    pyarrow table); bad expressions are a ConfigError (exit 2) as in
+    ``nclean filter``: unknown columns, text or numeric results, syntax."""
+    try:
+        value = evaluate(side, expr)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"--where: {exc}") from None
+    if value.dtype != bool:
+        raise ConfigError(
+            f"--where: a keep/drop expression must be true/false, {expr!r} is a number "
+            f"(compare it, e.g. {expr} > 0)"
+        )
+    return value
+
+
+def required_columns(cfg: TrainConfig) -> list[str]:
+    """Sidecar columns the chosen method reads (``--where`` is checked on its own)."""
+    if cfg.task == "classify":
+        return (
+            ["cc_selected"]
+            if cfg.method == "mixfix" or (cfg.method == "filter" and not cfg.where)
+            else []
+        )
+    if cfg.method == "osa":
+        return [
+            {"paper": "osa_weight", "paper-norm": "osa_weight_norm", "code": "cosine"}[cfg.osa_form]
+        ]
+    if cfg.method == "sdd":
+        return ["sdd_keep", "sdd_w_con", "sdd_mb_image_key", "sdd_mb_text_key"]
+    if cfg.method == "sps":
+        return ["sps_partition", "sps_soft_label", "sps_proxy_key", "sps_proxy_label"]
+    return []
+
+
+def check_sidecar(cfg: TrainConfig, loaded) -> None:
+    """Fail before decoding any shard: the method's columns must be there
+    and ``--where`` must be a valid true/false expression over the sidecar."""
+    table, meta = loaded
+    absent = [c for c in required_columns(cfg) if c not in table.column_names]
+    if absent:
+        raise ConfigError(
+            f"--method {cfg.method} needs sidecar column(s) {', '.join(absent)}, which "
+            f"{cfg.sidecar} lacks; score it with the method (nclean score --methods ...)"
+        )
+    if (
+        cfg.task == "pairs"
+        and cfg.method == "osa"
+        and cfg.osa_form == "code"
+        and "beta" not in meta
+    ):
+        raise ConfigError(f"--osa-form code needs beta in the metadata of {cfg.sidecar}")
+    if cfg.method == "filter" and cfg.where:
+        keep = where_mask(table, cfg.where)
+        if "status" in table.column_names:  # the trainer only sees scorable samples
+            ok = pc.fill_null(pc.equal(table.column("status"), "ok"), False)
+            keep &= ok.to_numpy(zero_copy_only=False).astype(bool)
+        if keep.sum() < 2:  # fail before decoding the shards (checked again after the join)
+            raise ConfigError(
+                f"--method filter: only {int(keep.sum())} training rows selected; nothing to "
+                f"train on (--where {cfg.where!r})"
+            )

@@ -1,0 +1,177 @@
+"""The fit stage: global statistics of every selected method, fitted once.
+
+One streaming pass over the cache keeps, for a seeded Bernoulli sample of
+about ``fit_sample`` scorable rows, the per-row values each method asked for
+(:meth:`Method.sample_columns`: SDD's cosine, SPS's in-batch loss) -- only
+those scalars, so memory is O(sample), not O(dataset). Each method then
+fits on its sample through a :class:`FitContext`, which also lends it the
+job's services (rows of the cache, the estimator, array files in the job's
+state folder) so that methods never do I/O themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from cleaner.errors import ConfigError
+from cleaner.io.atomic import atomic_path
+from cleaner.io.embcache import EmbeddingCache
+from cleaner.methods import catalog
+from cleaner.methods.registry import FitContext
+from cleaner.methods.sampling import sample_mask
+from pipelines.shard_view import ShardView
+
+
+def bar(items, desc: str, progress: bool, unit: str = "shard"):
+    return tqdm(
+        items, desc=desc, unit=unit, disable=not progress, file=sys.stderr,
+        dynamic_ncols=True, leave=False,
+    )  # fmt: skip
+
+
+def log(msg: str) -> None:
+    tqdm.write(msg, file=sys.stderr)
+
+
+class JobData:
+    """The job's cache as the methods may reach it while fitting."""
+
+    def __init__(self, cache: EmbeddingCache, stems: list[str], ok_counts: list[int],
+                 n_classes: int | None, progress: bool):  # fmt: skip
+        self.cache, self.stems, self.ok_counts = cache, stems, ok_counts
+        self.n_classes, self.progress = n_classes, progress
+
+    def views(self, desc: str, skip_empty: bool = False):
+        for pos, stem in enumerate(bar(self.stems, desc, self.progress)):
+            if skip_empty and self.ok_counts[pos] == 0:
+                continue
+            yield stem, ShardView.load(self.cache, stem, pos, self.n_classes)
+
+    def gather_rows(self, global_rows: np.ndarray, which: str) -> np.ndarray:
+        """Rows numbered over the ok rows of all shards (in order), read from
+        the memory-mapped cache one shard at a time, L2-normalised."""
+        offsets = np.concatenate([[0], np.cumsum(self.ok_counts)])
+        order = np.argsort(global_rows, kind="stable")
+        sorted_rows = global_rows[order]
+        shard_of = np.searchsorted(offsets, sorted_rows, side="right") - 1
+        out = None
+        for s in np.unique(shard_of):
+            ok_idx = np.flatnonzero(self.cache.ok_mask(self.stems[s]))
+            img, txt = self.cache.open_vectors(self.stems[s])
+            sel = shard_of == s
+            vals = np.asarray(
+                (img if which == "image" else txt)[ok_idx[sorted_rows[sel] - offsets[s]]],
+                np.float32,
+            )
+            if out is None:
+                out = np.zeros((len(global_rows), vals.shape[1]), np.float32)
+            out[order[sel]] = vals
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        np.divide(out, norms, out=out, where=norms > 0)
+        return out
+
+
+class StateFiles:
+    """Array files a fit keeps next to fit.json, checked by digest on reuse."""
+
+    def __init__(self, state_dir: Path):
+        self.state_dir = Path(state_dir)
+
+    def save(self, name: str, arrays: dict) -> dict:
+        path = self.state_dir / f"{name}.npz"
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, **arrays)
+        return {"file": path.name, "sha1": hashlib.sha1(path.read_bytes()).hexdigest()}
+
+    def load(self, record: dict) -> dict:
+        path = self.state_dir / record["file"]
+        if not path.exists() or hashlib.sha1(path.read_bytes()).hexdigest() != record["sha1"]:
+            raise ConfigError(f"{path} is missing or changed since the fit; rerun with --overwrite")
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+
+def text_encoder(estimator_spec, state_dir: Path):
+    """Texts -> normalised text embeddings, cached in the job's state folder
+    (keyed by the texts and the estimator) so a rerun does not re-encode them."""
+
+    def encode(texts: list[str]) -> np.ndarray:
+        ident = json.dumps({"texts": texts, "estimator": estimator_spec.identity()}, sort_keys=True)
+        path = state_dir / f"prompt_emb_{hashlib.sha1(ident.encode()).hexdigest()[:16]}.npy"
+        if path.exists():
+            return np.load(path)
+        import torch
+
+        est = estimator_spec.get()
+        out = [
+            est.encode_text(torch.as_tensor(est.tokenizer(texts[i : i + 256]))).cpu().numpy()
+            for i in range(0, len(texts), 256)
+        ]
+        emb = np.concatenate(out).astype(np.float32)
+        with atomic_path(path, suffix=".npy") as tmp:
+            np.save(tmp, emb)
+        return emb
+
+    return encode
+
+
+def sample_columns(scorers: dict, data: JobData, fit_sample: int, seed: int) -> dict:
+    """method -> {column: values over a seeded sample of about fit_sample rows}."""
+    total = int(sum(data.ok_counts))
+    rate = 1.0 if total <= fit_sample else fit_sample / total
+    parts: dict[str, dict[str, list]] = {name: {} for name in scorers}
+    for stem, view in data.views("fit", skip_empty=True):
+        take = sample_mask(len(view.pairs), rate, seed, stem)
+        for name, scorer in scorers.items():
+            cols = catalog.get(name).sample_columns(scorer, view.pairs, seed_key=stem)
+            for col, values in cols.items():
+                parts[name].setdefault(col, []).append(np.asarray(values)[take])
+    return {
+        name: {col: np.concatenate(chunks) for col, chunks in cols.items()}
+        for name, cols in parts.items()
+    }
+
+
+def fit_methods(settings, options: dict, data: JobData, estimator_spec, state_dir: Path) -> dict:
+    """Fit every selected method; returns method -> JSON-able params."""
+    seed = settings.seed
+    scorers = {
+        name: s
+        for name in settings.methods
+        if (s := catalog.get(name).new_scorer(options, seed)) is not None
+    }
+    samples = sample_columns(scorers, data, settings.fit_sample, seed) if scorers else {}
+    n_fit = len(next(iter(next(iter(samples.values())).values()))) if samples else 0
+    if scorers and n_fit < 2:
+        raise ValueError(f"{'/'.join(s.upper() for s in scorers)} need at least two scorable "
+                         "samples to fit on")  # fmt: skip
+    files = StateFiles(state_dir)
+    params = {}
+    for name in settings.methods:
+        ctx = FitContext(
+            settings=settings, options=options, seed=seed, ok_counts=data.ok_counts,
+            sample=samples.get(name, {}), log=log, gather_rows=data.gather_rows,
+            estimator=estimator_spec.get if estimator_spec is not None else None,
+            encode_texts=text_encoder(estimator_spec, state_dir) if estimator_spec else None,
+            iter_views=data.views, save_arrays=files.save, load_arrays=files.load,
+            n_classes=data.n_classes,
+        )  # fmt: skip
+        params[name] = catalog.get(name).fit(scorers.get(name), ctx)
+        if name in scorers:
+            params[name]["fit_rows"] = n_fit
+            params[name]["fit_rows_total"] = int(sum(data.ok_counts))
+    return params
+
+
+def restore_scorers(params: dict, state_dir: Path | None) -> dict:
+    """method -> fitted scorer, from the stored params (on every resume)."""
+    files = StateFiles(state_dir) if state_dir is not None else None
+    ctx = FitContext(settings=None, options={}, seed=0, ok_counts=[],
+                     load_arrays=files.load if files else None)  # fmt: skip
+    return {name: catalog.get(name).restore(p, ctx) for name, p in params.items()}
