@@ -5,10 +5,12 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEVSTAMP:= $(VENV)/.installed-dev
 BENCHSTAMP:= $(VENV)/.installed-bench
+# webdataset 0.2.86 (open_clip_torch[training]'s pin) beside the venv's 1.x: tests run both lines
+WDSLEGACY:= $(VENV)/wds-0.2.86
 # torch/torchvision pinned to the builds this machine carries on disk (see README)
 TORCH   := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup setup-dev test demo bench bench-quick lint clean
+.PHONY: setup setup-dev test demo report-check bench bench-quick lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,13 +34,21 @@ setup: $(STAMP)
 
 setup-dev: $(DEVSTAMP)
 
+$(WDSLEGACY)/.installed: | $(BIN)/python
+	rm -rf $(WDSLEGACY) && $(BIN)/pip install -q --no-deps --target $(WDSLEGACY) webdataset==0.2.86
+	touch $@
+
 ## test: run the test suite (CPU, offline)
-test: $(DEVSTAMP)
+test: $(DEVSTAMP) $(WDSLEGACY)/.installed
 	HF_HUB_OFFLINE=1 $(BIN)/pytest
 
 ## demo: generate a small noisy dataset, score it with a tiny local model, print the summary
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/nclean demo --out demo_out --cache-dir .cache/nclean
+
+## report-check: run the demo, open its report in headless Chromium, fail on any image that did not load
+report-check: demo
+	$(BIN)/python -m cleaner.report.browser demo_out/report/index.html
 
 ## bench: run every benchmark and rewrite benchmarks/RESULTS.md
 bench: $(BENCHSTAMP)

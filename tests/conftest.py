@@ -81,3 +81,35 @@ def cli_in_process(monkeypatch, capsys, *args, timeout=120) -> tuple[int, str]:
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
     return exc.value.code, err
+
+
+# open_clip_torch[training] pins webdataset<=0.2.86; nclean must work on that line and on 1.x
+WDS_LEGACY = "0.2.86"
+
+
+@pytest.fixture(scope="session")
+def wds_legacy_env() -> dict[str, str]:
+    """Environment for subprocesses that import webdataset 0.2.86 instead of the venv's 1.x.
+
+    ``make test`` installs it into ``.venv/wds-0.2.86`` (``pip --target``, no
+    dependencies: webdataset's own are in the venv) and puts it first on
+    ``PYTHONPATH``; run alone, pytest installs it there itself, and without
+    PyPI the tests that need it skip. ``NCLEAN_WDS_LINE`` tells the child which
+    version it must see.
+    """
+    import shutil
+
+    target = Path(sys.prefix) / f"wds-{WDS_LEGACY}"
+    stamp = target / ".installed"
+    if not stamp.exists():
+        tmp = target.with_name(target.name + ".tmp")
+        for old in (tmp, target):
+            shutil.rmtree(old, ignore_errors=True)
+        pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp)]
+        proc = subprocess.run([*pip, f"webdataset=={WDS_LEGACY}"], capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot install webdataset=={WDS_LEGACY}: {proc.stderr.strip()[-300:]}")
+        tmp.rename(target)
+        stamp.touch()
+    path = os.pathsep.join(p for p in (str(target), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, "NCLEAN_WDS_LINE": WDS_LEGACY}

@@ -308,7 +308,7 @@ def test_attach_weights_on_real_shards(shard_dir, verdicts):
     seen = 0
     for sample in ds:
         row = verdicts.lookup([shard_name(sample["__url__"])], [sample["__key__"]])[0]
-        assert sample["weight"] == pytest.approx(expected[row])
+        assert sample["__weight__"] == pytest.approx(expected[row])
         seen += 1
     assert seen == len(verdicts)
 
@@ -328,7 +328,7 @@ def test_keep_where_filters_on_real_shards(shard_dir, verdicts):
     ds2 = wds.WebDataset(_urls(shard_dir), shardshuffle=False).compose(
         keep_where(verdicts, expr), attach_weights(verdicts, "osa_weight")
     )
-    assert all(s["weight"] > 0 for s in ds2)
+    assert all(s["__weight__"] > 0 for s in ds2)
 
 
 def test_stage_mismatch_is_an_error_unless_opted_out(shard_dir, tmp_path):
@@ -347,7 +347,7 @@ def test_stage_mismatch_is_an_error_unless_opted_out(shard_dir, tmp_path):
         )
     )
     assert len(zero) == 127 and all(
-        s["weight"] == 0.0 for s in zero if s["__url__"].endswith("00002.tar")
+        s["__weight__"] == 0.0 for s in zero if s["__url__"].endswith("00002.tar")
     )
     dropped = list(
         wds.WebDataset(urls, shardshuffle=False).compose(
@@ -373,7 +373,7 @@ def test_stages_pickle_for_dataloader_workers(verdicts):
 
     stage = pickle.loads(pickle.dumps(attach_weights(verdicts, "osa_weight")))
     sample = {"__url__": "x/00000.tar", "__key__": verdicts.column("key")[0]}
-    assert list(stage(iter([sample])))[0]["weight"] == pytest.approx(
+    assert list(stage(iter([sample])))[0]["__weight__"] == pytest.approx(
         float(verdicts.column("osa_weight")[0])
     )
 

@@ -7,6 +7,17 @@ of sample dicts to an iterator of sample dicts, for
 ``__url__`` (the shard) and ``__key__`` through a small per-shard index, so
 streaming costs O(rows of one shard) whatever the sidecar's size.
 
+Order: :func:`keep_where` adds nothing to a sample, so it works anywhere a
+sample is still a dict with ``__url__`` and ``__key__`` (before or after
+``.decode()``). :func:`attach_weights` adds a float, and webdataset's
+``.decode()`` (0.2.x and 1.x alike) rejects any member that is neither bytes
+nor named ``__...``: with a continue-handler it drops *every* sample, so a
+trainer would silently train on nothing. The default key
+``__weight__`` passes through ``.decode()``, ``.to_tuple()`` and batching
+untouched, so the stages work in any order; a plain key such as ``weight``
+works after ``.decode()``, and before it the stage warns
+(:class:`UndecodedWeightWarning`) instead of leaving the failure silent.
+
 A module of its own because it is the streaming consumer of
 :class:`~cleaner.train.verdicts.Verdicts`, one of three (with the map-style
 helpers and ``nclean filter``) that depend on it and not on each other.
@@ -14,6 +25,7 @@ helpers and ``nclean filter``) that depend on it and not on each other.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator
 
 from cleaner.train.lookup import (
@@ -24,6 +36,21 @@ from cleaner.train.lookup import (
     shard_name,
 )
 from cleaner.train.verdicts import Verdicts
+
+# The default sample field for attach_weights. ``__``-prefixed so that it
+# passes through webdataset's .decode() (which rejects any other non-bytes
+# member): the stage then works before or after decoding, in any order.
+DEFAULT_WEIGHT_KEY = "__weight__"
+
+
+class UndecodedWeightWarning(UserWarning):
+    """attach_weights put a non-bytes value under a plain key in an undecoded sample."""
+
+
+def is_undecoded(sample: dict) -> bool:
+    """True for a sample as webdataset reads it from a tar: every member still bytes."""
+    members = [v for k, v in sample.items() if not str(k).startswith("__")]
+    return bool(members) and all(isinstance(v, (bytes, bytearray)) for v in members)
 
 
 class _Stage:
@@ -41,6 +68,11 @@ class _Stage:
         """Yield (sample, row) with row -1 for a missing sample under an opt-out."""
         current, index, seen, matched = None, None, 0, 0
         for sample in src:
+            if not isinstance(sample, dict):
+                raise TypeError(
+                    f"nclean stages take sample dicts, got {type(sample).__name__}: put them before "
+                    ".to_tuple() / .map_tuple() / .batched()"
+                )
             url, key = sample.get("__url__"), sample.get("__key__")
             if url is None or key is None:
                 raise ValueError(
@@ -87,17 +119,42 @@ class attach_weights(_Stage):  # noqa: N801 - used like a function, as webdatase
     on_missing : ``"error"`` (default) raises :class:`SidecarMismatchError`
         for a sample with no row; ``"zero"`` gives it weight 0.0;
         ``"drop"`` leaves it out of the stream.
-    key : the sample field to set (default ``"weight"``).
+    key : the sample field to set (default ``"__weight__"``, which passes
+        through webdataset's ``.decode()``, so the stage may come before or
+        after it); a plain key such as ``"weight"`` must come after
+        ``.decode()`` (see the module docstring).
     keep_failed : give rows whose status is not ``ok`` their expression's
         value instead of 0.
     shard_of : function from ``__url__`` to the sidecar's shard name
         (default :func:`shard_name`, the URL's file name).
 
+    Warns
+    -----
+    UndecodedWeightWarning
+        once per pass, when a plain ``key`` lands in a sample that is not
+        decoded yet: a ``.decode()`` after this stage would reject it.
+
     Examples
     --------
-    >>> ds = wds.WebDataset(urls).compose(attach_weights(v, "osa_weight_norm"))  # doctest: +SKIP
-    >>> next(iter(ds))["weight"]                                                  # doctest: +SKIP
-    0.93
+    Given a :class:`Verdicts` ``v`` and the shards' ``urls``:
+
+    >>> import webdataset as wds
+    >>> ds = (wds.WebDataset(urls, shardshuffle=False)
+    ...       .compose(attach_weights(v, "osa_weight_norm"))
+    ...       .decode("pil", handler=wds.ignore_and_continue)
+    ...       .to_tuple("jpg", "txt", "__weight__"))
+    >>> from PIL import Image
+    >>> image, caption, weight = next(iter(ds))
+    >>> isinstance(image, Image.Image), isinstance(caption, str), isinstance(weight, float)
+    (True, True, True)
+
+    After ``.decode()`` a plain key is fine too:
+
+    >>> ds = (wds.WebDataset(urls, shardshuffle=False)
+    ...       .decode("pil", handler=wds.ignore_and_continue)
+    ...       .compose(attach_weights(v, "osa_weight_norm", key="weight")))
+    >>> next(iter(ds))["weight"] >= 0
+    True
     """
 
     def __init__(
@@ -105,17 +162,21 @@ class attach_weights(_Stage):  # noqa: N801 - used like a function, as webdatase
         verdicts: Verdicts,
         expr_or_column: str,
         on_missing: str = "error",
-        key: str = "weight",
+        key: str = DEFAULT_WEIGHT_KEY,
         keep_failed: bool = False,
         shard_of=None,
     ):
         super().__init__(verdicts, on_missing, shard_of)
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"key must be a non-empty string, not {key!r}")
         self.expr = expr_or_column
         self.key = key
         # computed once, vectorised, over all rows; per sample it is one lookup
         self.values = verdicts.weights(expr_or_column, keep_failed=keep_failed)
 
     def __call__(self, src: Iterable[dict]) -> Iterator[dict]:
+        # only a plain key can trip a later .decode(); one look per pass is enough
+        check = not self.key.startswith("__")
         for sample, row in self.rows(src):
             if row < 0:
                 if self.on_missing == "drop":
@@ -123,8 +184,21 @@ class attach_weights(_Stage):  # noqa: N801 - used like a function, as webdatase
                 weight = 0.0
             else:
                 weight = float(self.values[row])
+            if check:
+                check = False
+                if is_undecoded(sample):
+                    self._warn_undecoded()
             sample[self.key] = weight
             yield sample
+
+    def _warn_undecoded(self) -> None:
+        warnings.warn(
+            f"attach_weights sets {self.key!r} on samples that are not decoded yet; webdataset's "
+            f".decode() after this stage rejects a float under {self.key!r} (with a continue-handler "
+            "it drops every sample). Use key='__weight__', or put attach_weights after .decode()",
+            UndecodedWeightWarning,
+            stacklevel=3,
+        )
 
 
 class keep_where(_Stage):  # noqa: N801 - used like a function, as webdataset's stages are
@@ -140,6 +214,17 @@ class keep_where(_Stage):  # noqa: N801 - used like a function, as webdataset's 
     keep_failed : let the expression decide for rows whose status is not
         ``ok`` (by default they are dropped).
     shard_of : see :class:`attach_weights`.
+
+    Examples
+    --------
+    It adds nothing to a sample, so it may come before or after ``.decode()``:
+
+    >>> import webdataset as wds
+    >>> ds = (wds.WebDataset(urls, shardshuffle=False)
+    ...       .decode("pil", handler=wds.ignore_and_continue)
+    ...       .compose(keep_where(v, "sps_partition == 'reliable'")))
+    >>> sum(1 for _ in ds) == int(v.mask("sps_partition == 'reliable'").sum())
+    True
     """
 
     def __init__(

@@ -11,7 +11,11 @@ having to read Parquet or know the schema:
   ``sdd_keep and osa_weight > 0`` or ``osa_weight_norm * sdd_w_con``.
 * :func:`attach_weights` and :func:`keep_where` are webdataset pipeline
   stages (callables from an iterator of sample dicts to an iterator of sample
-  dicts), for ``wds.WebDataset(urls).compose(stage)``.
+  dicts), for ``wds.WebDataset(urls).compose(stage)``. With the
+  default key ``__weight__`` they work in any order around ``.decode()``;
+  with a plain key such as ``weight``, put :func:`attach_weights` after
+  ``.decode()`` (webdataset's decoder rejects a float under a plain key; the
+  stage warns).
 * :class:`WeightedSampler` and :func:`keep_indices` serve map-style datasets.
 
 Joining is never silent: a sample with no row in the sidecar raises
@@ -54,12 +58,32 @@ rule applies to repeated uids.
 
 Examples
 --------
+A sidecar ``weights.parquet`` and its shards' ``urls`` (tests/test_wds_pipelines.py
+runs these lines on generated shards, under webdataset 0.2.86 and 1.x):
+
 >>> import webdataset as wds
 >>> from cleaner.train.weights import Verdicts, attach_weights, keep_where
->>> v = Verdicts.load("weights.parquet")                       # doctest: +SKIP
->>> ds = (wds.WebDataset(urls, shardshuffle=False)             # doctest: +SKIP
+>>> v = Verdicts.load("weights.parquet")
+>>> ds = (wds.WebDataset(urls, shardshuffle=False)
 ...       .compose(keep_where(v, "sdd_keep"), attach_weights(v, "osa_weight_norm"))
-...       .decode("pil"))
+...       .decode("pil")
+...       .to_tuple("jpg", "txt", "__weight__"))
+>>> from PIL import Image
+>>> image, caption, weight = next(iter(ds))
+>>> isinstance(image, Image.Image), isinstance(caption, str), isinstance(weight, float)
+(True, True, True)
+>>> sum(1 for _ in ds) == int(v.mask("sdd_keep").sum())
+True
+
+Or decode first; then a plain key such as ``weight`` is fine too:
+
+>>> ds = (wds.WebDataset(urls, shardshuffle=False)
+...       .compose(keep_where(v, "sdd_keep"))
+...       .decode("pil")
+...       .compose(attach_weights(v, "osa_weight_norm * sdd_w_con", key="weight")))
+>>> sample = next(iter(ds))
+>>> isinstance(sample["jpg"], Image.Image), sample["weight"] >= 0
+(True, True)
 
 Layout
 ------
