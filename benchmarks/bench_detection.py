@@ -356,7 +356,7 @@ def caption_rows(res: dict) -> dict[str, dict]:
     f, fs, noisy = res["frame"], res["frame_shuffled"], res["noisy"]
     cos = f["cosine"].to_numpy(np.float64)
     out = {
-        # the paper's noise threshold: d = s - beta <= 0 is noise (METHODS.md section 1)
+        # the paper's noise threshold: d = s - beta <= 0 is noise (docs/methods.md section 1)
         "OSA (noise beta)": detection_metrics(
             cos > res["beta_noise"]["value"], f.osa_weight, noisy
         ),

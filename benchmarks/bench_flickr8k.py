@@ -21,9 +21,9 @@ Scoring: the pairs are written in the embedding-cache layout
 osa, sdd, sps, with OSA's beta from
 
 (a) ``shuffled``: the pipeline's own estimate, the mean cosine of K (up to
-    10,000, at most one per row) seeded real mismatched pairs (METHODS.md section 1);
+    10,000, at most one per row) seeded real mismatched pairs (docs/methods.md section 1);
 (b) ``noise``: the released code's construction adapted to a text-only
-    model. METHODS.md crosses K random "images" with K random token
+    model. docs/methods.md crosses K random "images" with K random token
     sequences; both towers are the same text model here, so *each side* is
     K=256 random token sequences, the two sides drawn independently (own
     seeds). Token ids are uniform over the WordPiece vocabulary without the
@@ -457,7 +457,7 @@ def report(
     paras.append(
         "**Beta.** (a) `shuffled`: the pipeline's estimate, the mean cosine of K seeded real "
         "mismatched pairs, no image or caption used twice (K = min(10,000, scorable rows); the K used is in the "
-        "table). (b) `noise`: METHODS.md crosses K random images with K random token "
+        "table). (b) `noise`: docs/methods.md crosses K random images with K random token "
         "sequences; here both towers are the same text model, so each side is K="
         f"{bn.k} random token sequences, the two sides drawn independently: ids uniform over the "
         f"{emb_info['vocab']:,} WordPiece tokens that are neither special ([PAD], [UNK], [CLS], [SEP], "
@@ -626,7 +626,7 @@ def report(
             f"the noise beta ({bn.value:.3f}); published with CLIP on COCO: {pub[0]} / {pub[1]}. The "
             f"{better_name} beta separates better (F1 {better['f1']:.4f} vs {worse['f1']:.4f}). The shuffled "
             f"beta lies at the centre of the noisy distribution (noisy mean {res['dist']['noisy_mean']:.3f}), "
-            f"so {100 - a['noise_caught']:.1f}% of the noisy pairs stay above it, as METHODS.md expects "
+            f"so {100 - a['noise_caught']:.1f}% of the noisy pairs stay above it, as docs/methods.md expects "
             "of that construction. The best single cosine "
             f"cut would reach {o['clean_kept']:.2f}% / {o['noise_caught']:.2f}% (raw cosine AUROC "
             f"{o['auroc']:.4f})."

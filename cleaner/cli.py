@@ -38,6 +38,28 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from cleaner import __version__
+
+        print(f"nclean {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,  # before the command is looked up: `nclean --version` needs none
+        help="Print 'nclean <version>' and exit.",
+    ),
+) -> None:
+    # the group's own options; the app's help text comes from typer.Typer(help=...)
+    pass
+
+
 def _register_commands() -> None:
     from cleaner.commands.demo import demo
     from cleaner.commands.embed import embed

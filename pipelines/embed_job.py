@@ -23,6 +23,8 @@ from cleaner.estimator.model import Estimator, file_digest, load_estimator
 from cleaner.io.decode import SampleSpec
 from cleaner.io.embcache import EmbeddingCache
 from cleaner.io.shards import shard_stem
+from cleaner.progress import progress_bar
+from pipelines.layout import embedding_folder_held
 
 
 @dataclass
@@ -113,7 +115,14 @@ def cache_identity(est: EstimatorSpec, spec: SampleSpec) -> dict:
     return json.loads(json.dumps({"estimator": est.identity(), "sample_spec": asdict(spec)}))
 
 
-def run_embed(
+def run_embed(shards: list[Path], cache: EmbeddingCache, *args, **kwargs) -> EmbedReport:
+    """:func:`embed_missing`, holding the cache folder: it must be nclean's, and
+    one job at a time writes it (:func:`pipelines.layout.embedding_folder_held`)."""
+    with embedding_folder_held(cache.root, "embedding folder"):
+        return embed_missing(shards, cache, *args, **kwargs)
+
+
+def embed_missing(
     shards: list[Path],
     cache: EmbeddingCache,
     est: EstimatorSpec,
@@ -141,7 +150,7 @@ def run_embed(
     fingerprints = {shard_stem(p): file_fingerprint(p) for p in todo}
     estimator, bs = _estimator_and_batch_size(engine, est, batch_size)
     on_shard = _shard_saver(cache, report, identity, fingerprints)
-    bar = tqdm(
+    bar = progress_bar(
         total=None,
         unit="sample",
         desc="embed",

@@ -25,11 +25,12 @@ from cleaner.io.embcache import EmbeddingCache
 from cleaner.methods import catalog
 from cleaner.methods.registry import FitContext
 from cleaner.methods.sampling import sample_mask
+from cleaner.progress import progress_bar
 from pipelines.shard_view import ShardView
 
 
 def bar(items, desc: str, progress: bool, unit: str = "shard"):
-    return tqdm(
+    return progress_bar(
         items, desc=desc, unit=unit, disable=not progress, file=sys.stderr,
         dynamic_ncols=True, leave=False,
     )  # fmt: skip

@@ -23,7 +23,12 @@ def set_debug(on: bool) -> None:
 
 # -- shared options ----------------------------------------------------------
 ModelOpt = typer.Option(
-    "ViT-B-32", "--model", help="open_clip model name, or a path to a model config .json."
+    None,
+    "--model",
+    help="open_clip model name, or a path to a model config .json [default: the model named "
+    "in the JSON beside a local --pretrained checkpoint (nclean demo, nclean train and the "
+    'demo\'s pre-training write one; <checkpoint>.estimator.json {"model": ...} for your '
+    "own), else ViT-B-32].",
 )
 PretrainedOpt = typer.Option(
     "openai",
@@ -73,6 +78,9 @@ def _spec(
 
 
 def _estimator(model, pretrained, device, precision):
+    from cleaner.estimator.model import model_for
     from pipelines.embed_job import EstimatorSpec
 
+    # resolved here, so the job's recorded identity names the model actually used
+    model = model_for(model, pretrained)
     return EstimatorSpec(model=model, pretrained=pretrained, device=device, precision=precision)

@@ -6,6 +6,11 @@ ships ``nclean-tiny`` for demos and tests). ``--pretrained`` is an open_clip
 tag (``openai``: fetched from a hub, so online only), a local ``.pt`` /
 ``.safetensors`` / ``.bin`` checkpoint (loaded by open_clip with
 ``weights_only=True``), or ``none`` for random weights (demos only).
+
+Without ``--model`` the model comes from a side file beside a local
+checkpoint (what ``nclean demo``, the estimator pre-training and ``nclean
+train`` leave there; :func:`cleaner.estimator.sidefile.checkpoint_model`),
+else it is ``ViT-B-32`` (:func:`model_for`).
 """
 
 from __future__ import annotations
@@ -18,9 +23,13 @@ from pathlib import Path
 import torch
 
 from cleaner.errors import ConfigError
+from cleaner.estimator.sidefile import checkpoint_model
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 _registered = False
+
+# The model when --model is not given and no side file names one.
+DEFAULT_MODEL = "ViT-B-32"
 
 
 def _register_builtin_configs() -> None:
@@ -49,6 +58,24 @@ def resolve_model_name(model: str) -> str:
             f'print(open_clip.list_models())"`) or a path to a model config .json'
         )
     return model
+
+
+def model_for(model: str | None, pretrained: str | None) -> str:
+    """The ``--model`` to use: ``model`` when given, else the one a side file
+    beside the ``pretrained`` checkpoint names, else :data:`DEFAULT_MODEL`."""
+    if model:
+        return model
+    found = checkpoint_model(pretrained)
+    if found is None:
+        return DEFAULT_MODEL
+    name, side = found
+    try:
+        resolve_model_name(name)
+    except ConfigError:
+        raise ConfigError(
+            f"{side} names model {name!r}, which cannot be built here; pass --model"
+        ) from None
+    return name
 
 
 def pick_device(device: str) -> str:
@@ -165,15 +192,16 @@ def _split_preprocess(preprocess):
 
 
 def load_estimator(
-    model: str, pretrained: str | None, device: str = "auto", precision: str = "auto"
+    model: str | None, pretrained: str | None, device: str = "auto", precision: str = "auto"
 ) -> Estimator:
-    """Create the open_clip model, load weights, freeze it.
+    """Create the open_clip model, load weights, freeze it. ``model=None``:
+    the one the checkpoint's side file names, else ViT-B-32 (:func:`model_for`).
 
     Raises ConfigError with a one-line reason for an unknown model, a missing
     checkpoint, a checkpoint of another architecture, or hub weights that
     cannot be fetched offline.
     """
-    name = resolve_model_name(model)
+    name = resolve_model_name(model_for(model, pretrained))
     device = pick_device(device)
     dtype = autocast_dtype(precision, device)
     pretrained_arg, digest = _pretrained_source(pretrained)
@@ -225,6 +253,9 @@ def _pretrained_source(pretrained: str | None) -> tuple[str | None, str | None]:
     return pretrained_arg, digest
 
 
+_ARCH_HINT = "another architecture? pass the one it was trained as with --model"
+
+
 def _create_model(name: str, pretrained: str | None, pretrained_arg: str | None, digest):
     """open_clip's model and eval transform, its errors turned into one-line ConfigErrors."""
     import open_clip
@@ -238,7 +269,7 @@ def _create_model(name: str, pretrained: str | None, pretrained_arg: str | None,
         if "state_dict" in msg or "size mismatch" in msg or "Missing key" in msg:
             missing = msg.count("Missing key") + msg.count("size mismatch")
             raise ConfigError(
-                f"checkpoint {pretrained} does not fit model {name} (another architecture?): "
+                f"checkpoint {pretrained} does not fit model {name} ({_ARCH_HINT}): "
                 f"{msg.splitlines()[0][:160]}{' ...' if missing else ''}"
             ) from None
         raise ConfigError(
@@ -248,7 +279,7 @@ def _create_model(name: str, pretrained: str | None, pretrained_arg: str | None,
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         if digest is not None:
             raise ConfigError(
-                f"checkpoint {pretrained} does not fit model {name} (another architecture?): "
+                f"checkpoint {pretrained} does not fit model {name} ({_ARCH_HINT}): "
                 f"{type(exc).__name__}: {first}"
             ) from None
         hint = (

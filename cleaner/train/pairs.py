@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from cleaner.io.atomic import write_json
+from cleaner.progress import progress_bar
 from cleaner.train.config import TrainConfig
 from cleaner.train.metrics import retrieval_metrics
 from cleaner.train.model import Model, embed_split, param_groups
@@ -100,7 +101,7 @@ def _start(cfg: TrainConfig, inputs: RunInputs) -> _PairLoop:
     )
     warn_small(len(objective.rows), cfg.batch_size)
     steps_per_epoch, epochs, total = schedule(cfg, len(objective.rows))
-    bar = tqdm(
+    bar = progress_bar(
         total=total,
         desc=f"train {cfg.method}",
         unit="step",
