@@ -147,10 +147,13 @@ def fit_methods(settings, options: dict, data: JobData, estimator_spec, state_di
         for name in settings.methods
         if (s := catalog.get(name).new_scorer(options, seed)) is not None
     }
-    samples = sample_columns(scorers, data, settings.fit_sample, seed) if scorers else {}
+    # methods that fit on a shared sample of per-row values (SDD, SPS); the
+    # others (OSA, match, CLIPCleaner) draw what they need themselves
+    samplers = {n: s for n, s in scorers.items() if catalog.get(n).samples_rows}
+    samples = sample_columns(samplers, data, settings.fit_sample, seed) if samplers else {}
     n_fit = len(next(iter(next(iter(samples.values())).values()))) if samples else 0
-    if scorers and n_fit < 2:
-        raise ValueError(f"{'/'.join(s.upper() for s in scorers)} need at least two scorable "
+    if samplers and n_fit < 2:
+        raise ValueError(f"{'/'.join(s.upper() for s in samplers)} need at least two scorable "
                          "samples to fit on")  # fmt: skip
     files = StateFiles(state_dir)
     params = {}
@@ -164,7 +167,7 @@ def fit_methods(settings, options: dict, data: JobData, estimator_spec, state_di
             n_classes=data.n_classes,
         )  # fmt: skip
         params[name] = catalog.get(name).fit(scorers.get(name), ctx)
-        if name in scorers:
+        if name in samplers:
             params[name]["fit_rows"] = n_fit
             params[name]["fit_rows_total"] = int(sum(data.ok_counts))
     return params

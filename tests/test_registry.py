@@ -21,6 +21,7 @@ class Toy(Method):
     fields = (pa.field("toy_score", pa.float32()), pa.field("toy_keep", pa.bool_(), nullable=False))
     fill_for_failed = {"toy_keep": False}
     options = (Option("toy_gain", 2.0, "Toy: factor on the centred cosine."),)
+    samples_rows = True  # fits on the shared seeded sample (its cosine)
 
     def new_scorer(self, options, seed):
         return {"gain": options["toy_gain"]}

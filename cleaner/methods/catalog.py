@@ -9,12 +9,13 @@ options and the score job read this catalog; nothing else lists methods.
 from __future__ import annotations
 
 from cleaner.methods.clipcleaner.method import CLIPCleaner
+from cleaner.methods.match.method import Match
 from cleaner.methods.osa.method import OSA
 from cleaner.methods.registry import Method
 from cleaner.methods.sdd.method import SDD
 from cleaner.methods.sps.method import SPS
 
-BUILTIN: tuple[Method, ...] = (OSA(), SDD(), SPS(), CLIPCleaner())
+BUILTIN: tuple[Method, ...] = (OSA(), SDD(), SPS(), CLIPCleaner(), Match())
 
 REGISTRY: dict[str, Method] = {m.name: m for m in BUILTIN}
 

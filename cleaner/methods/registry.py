@@ -93,6 +93,8 @@ class Method:
     default: bool = False  # part of the default --methods
     needs_labels: bool = False  # rows need a class label (CLIPCleaner)
     needs_text: bool = True  # rows need a caption
+    # fits on the shared seeded sample of per-row values (sample_columns)
+    samples_rows: bool = False
     summary: str = ""  # one line for --help
 
     # -- settings ---------------------------------------------------------

@@ -65,9 +65,15 @@ def make_pair_mixture(
 
 
 def write_embedding_dir(
-    root: str | Path, image: np.ndarray, text: np.ndarray, shard_size: int, key_prefix: str = "s"
+    root: str | Path,
+    image: np.ndarray,
+    text: np.ndarray,
+    shard_size: int,
+    key_prefix: str = "s",
+    keys: list[str] | None = None,
 ) -> list[str]:
-    """Write rows as nclean-style cache partitions ``00000``, ``00001``, ..."""
+    """Write rows as nclean-style cache partitions ``00000``, ``00001``, ...
+    (``keys``: the samples' keys, default ``<key_prefix><row number>``)."""
     from cleaner.io.embcache import EmbeddingCache
 
     cache = EmbeddingCache(root)
@@ -78,7 +84,9 @@ def write_embedding_dir(
         n = e - s
         meta = pa.table(
             {
-                "key": [f"{key_prefix}{j:09d}" for j in range(s, e)],
+                "key": list(keys[s:e])
+                if keys is not None
+                else [f"{key_prefix}{j:09d}" for j in range(s, e)],
                 "shard": [f"{stem}.tar"] * n,
                 "index": np.arange(n, dtype=np.int64),
                 "uid": pa.array([None] * n, pa.string()),

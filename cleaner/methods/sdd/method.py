@@ -12,6 +12,7 @@ from cleaner.methods.registry import FitContext, Method, Option
 class SDD(Method):
     name = "sdd"
     default = True
+    samples_rows = True
     summary = "self-drop mask, confidence weight and memory-bank neighbours"
     fields = (
         pa.field("sdd_keep", pa.bool_(), nullable=False),  # False when status != ok

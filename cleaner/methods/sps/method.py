@@ -20,6 +20,7 @@ def _at_least_two(value) -> str | None:
 class SPS(Method):
     name = "sps"
     default = True
+    samples_rows = True
     summary = "reliable / quasi / noisy partition, proxy partners and soft labels"
     fields = (
         pa.field("sps_loss", pa.float32()),

@@ -1,0 +1,267 @@
+"""``match``: is this image-text pair a match? A hub-corrected, calibrated score.
+
+Raw cosine over-rates pairs whose caption or image is a *hub* (close to
+many things: "a photo of people outdoors"). ``MatchScorer`` corrects the
+cosine of any frozen dual encoder with a reference pool of the data itself
+and calibrates the result without labels:
+
+- ``score="csls"`` (Lample et al., ICLR 2018): ``2 cos(x, y) - r_T(x) -
+  r_I(y)``, r_T(x) the mean cosine of x's k nearest pool texts, r_I(y) of
+  y's k nearest pool images (exact faiss ``IndexFlatIP`` search).
+- ``score="negclip"`` (Wang et al., NeurIPS 2024): ``cos - tau/2 *
+  mean_b [lse_{j in b} cos(x, y_j)/tau + lse_{j in b} cos(x_j, y)/tau]``
+  over the pool's K = pool_size // batch_size random batches b, the pair
+  itself counted once in each (its negative CLIP loss, times tau).
+- ``score="cosine"``: the raw cosine (baseline).
+
+Calibration (:mod:`.calibrate`) uses shuffled pairs (x_i, y_j) of the fit
+sample as a measured sample of the noise distribution, so ``match_clean_prob``
+is P(clean | score) under a mixture whose noise component is known and whose
+noise share pi is estimated, and ``match_keep`` is a cut chosen from the
+data alone (default: where clean and noise densities cross).
+
+Contract (:mod:`cleaner.methods.base` style; arrays only, no I/O)::
+
+    scorer = MatchScorer(score="csls").fit(image, text, row_ids)
+    cols = scorer.transform(image, text, row_ids)   # match_score/clean_prob/keep
+    params, arrays = scorer.get_params(), scorer.get_arrays()
+    scorer = MatchScorer.from_params(params, arrays)
+
+``get_arrays()`` returns the pool (``pool_image``, ``pool_text`` float32,
+``pool_row_ids`` int64): the pipeline stores them next to the JSON params.
+Instead of storing them it may rebuild the pool: the pool is the
+``pool_size`` rows of smallest seeded hash among the rows given to ``fit``,
+so when ``fit`` saw every row, ``pool.pool_mask(row_ids, seed,
+params["pool"]["hash_max"])`` picks exactly those rows from a stream of
+shards (in hash order again via ``pool.row_hash``).
+
+Row order never matters: pool, fit sample and shuffled pairs are chosen by
+hashes of ``row_ids`` (default: positions 0..n-1, so pass real ids when the
+order of rows may change between runs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cleaner.methods.match import calibrate, stats
+from cleaner.methods.match.pool import (
+    SALT_FIT,
+    SALT_NULL,
+    Pool,
+    check_unique,
+    smallest_hash,
+)
+
+COLUMNS = ("match_score", "match_clean_prob", "match_keep")
+# Rows per transform block: bounds the side statistics kept at once.
+_CHUNK = 1 << 16
+
+
+def _as_pairs(image, text, row_ids):
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    text = np.ascontiguousarray(text, dtype=np.float32)
+    if image.ndim != 2 or image.shape != text.shape:
+        raise ValueError(f"image and text must be (n, d) alike, got {image.shape} / {text.shape}")
+    if row_ids is None:
+        row_ids = np.arange(len(image), dtype=np.int64)
+    row_ids = np.asarray(row_ids, dtype=np.int64)
+    if row_ids.shape != (len(image),):
+        raise ValueError(f"row_ids must have shape ({len(image)},), got {row_ids.shape}")
+    return image, text, row_ids
+
+
+class MatchScorer:
+    """Hub-corrected match score, its calibrated clean probability and keep flag."""
+
+    def __init__(
+        self,
+        score: str = "csls",
+        k: int = 3,
+        pool_size: int = 1 << 14,
+        batch_size: int = 4096,
+        temperature: float = 0.03,
+        seed: int = 0,
+        calibration: str = "null-iso",
+        keep_rule: str = "balanced",
+        fit_size: int = 1 << 15,
+        null_rounds: int = 4,
+        alpha: float = 0.02,
+    ):
+        if score not in stats.SCORES:
+            raise ValueError(f"score must be one of {stats.SCORES}, got {score!r}")
+        if calibration not in calibrate.CALIBRATIONS:
+            raise ValueError(f"calibration must be one of {calibrate.CALIBRATIONS}")
+        if keep_rule not in calibrate.KEEP_RULES:
+            raise ValueError(f"keep_rule must be one of {calibrate.KEEP_RULES}")
+        if min(k, pool_size, batch_size, fit_size, null_rounds) < 1 or not temperature > 0:
+            raise ValueError(
+                "k, pool_size, batch_size, fit_size, null_rounds, temperature must be > 0"
+            )
+        if not 0.0 < alpha < 1.0:
+            raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+        self.settings = {
+            "score": score,
+            "k": int(k),
+            "pool_size": int(pool_size),
+            "batch_size": int(batch_size),
+            "temperature": float(temperature),
+            "seed": int(seed),
+            "calibration": calibration,
+            "keep_rule": keep_rule,
+            "fit_size": int(fit_size),
+            "null_rounds": int(null_rounds),
+            "alpha": float(alpha),
+        }
+        self.pool: Pool | None = None
+        self.calibration: dict | None = None
+        self.fit_summary: dict = {}
+        # real and shuffled-pair scores of the last fit (not params: for
+        # reports and for refitting another calibration without rescoring)
+        self.fit_scores: dict[str, np.ndarray] = {}
+        self._indexes: dict = {}
+
+    # ------------------------------------------------------------ scoring
+    def _side(self, vecs: np.ndarray, side: str) -> dict[str, np.ndarray]:
+        """Statistics of images (side 'image', vs pool texts) or texts."""
+        st, pool = self.settings, self.pool
+        other = pool.text if side == "image" else pool.image
+        if st["score"] == "csls" and side not in self._indexes:
+            self._indexes[side] = stats.flat_index(other)
+        return stats.side_stats(
+            vecs,
+            other,
+            st["score"],
+            st["k"],
+            pool.batch_starts,
+            st["temperature"],
+            index=self._indexes.get(side),
+        )
+
+    def _pair(self, cos, img_stats, txt_stats, text_rows, image_rows) -> np.ndarray:
+        st = self.settings
+        return stats.pair_scores(
+            st["score"],
+            cos,
+            img_stats,
+            txt_stats,
+            cand_text=self.pool.index_of(text_rows),
+            cand_image=self.pool.index_of(image_rows),
+            k=st["k"],
+            temperature=st["temperature"],
+            batch_of=self.pool.batch_of,
+        )
+
+    def scores(self, image, text, row_ids=None) -> np.ndarray:
+        """``match_score`` of each row's own pair (float64)."""
+        if self.pool is None:
+            raise RuntimeError("MatchScorer is not fitted: call fit() or from_params()")
+        image, text, row_ids = _as_pairs(image, text, row_ids)
+        if image.shape[1] != self.pool.image.shape[1]:
+            raise ValueError(
+                f"embeddings have dimension {image.shape[1]}, the pool {self.pool.image.shape[1]}"
+            )
+        out = np.empty(len(image), dtype=np.float64)
+        for s in range(0, len(image), _CHUNK):
+            x, y, ids = image[s : s + _CHUNK], text[s : s + _CHUNK], row_ids[s : s + _CHUNK]
+            cos = np.einsum("ij,ij->i", x, y, dtype=np.float64)
+            out[s : s + _CHUNK] = self._pair(
+                cos, self._side(x, "image"), self._side(y, "text"), ids, ids
+            )
+        return out
+
+    def _real_and_null(self, image, text, row_ids) -> tuple[np.ndarray, np.ndarray]:
+        """Scores of the rows' own pairs and of seeded shuffled pairs (x_i, y_j).
+
+        The side statistics are computed once and shared: rows are put in a
+        seeded hash order, and round r pairs each image with the text r
+        places further round that cycle (a derangement per round)."""
+        order = smallest_hash(row_ids, self.settings["seed"], SALT_NULL, len(row_ids))
+        x, y, ids = image[order], text[order], row_ids[order]
+        img_st, txt_st = self._side(x, "image"), self._side(y, "text")
+        real = self._pair(np.einsum("ij,ij->i", x, y, dtype=np.float64), img_st, txt_st, ids, ids)
+        null = []
+        for r in range(1, min(self.settings["null_rounds"], len(order) - 1) + 1):
+            j = np.roll(np.arange(len(order)), -r)
+            cos = np.einsum("ij,ij->i", x, y[j], dtype=np.float64)
+            txt_j = {key: v[j] for key, v in txt_st.items()}
+            null.append(self._pair(cos, img_st, txt_j, ids[j], ids))
+        return real, np.concatenate(null)
+
+    # -------------------------------------------------------- fit/transform
+    def fit(self, image, text, row_ids=None) -> MatchScorer:
+        """Draw the pool, score a seeded sample and its shuffled pairs, calibrate."""
+        image, text, row_ids = _as_pairs(image, text, row_ids)
+        if len(image) < 3:
+            raise ValueError("match needs at least 3 rows to fit")
+        check_unique(row_ids)
+        st = self.settings
+        self.pool = Pool.draw(image, text, row_ids, st["pool_size"], st["seed"], st["batch_size"])
+        self._indexes = {}
+        sample = smallest_hash(row_ids, st["seed"], SALT_FIT, st["fit_size"])
+        real, null = self._real_and_null(image[sample], text[sample], row_ids[sample])
+        self.fit_scores = {"real": real, "null": null}
+        self.calibration = calibrate.fit_calibration(st["calibration"], real, null, st["alpha"])
+        self.fit_summary = {
+            "n_fit": int(len(sample)),
+            "n_null": int(len(null)),
+            "pi": float(self.calibration["pi"]),
+            "cut": self._cut(np.r_[real, null]),
+        }
+        return self
+
+    def _cut(self, values: np.ndarray) -> float | None:
+        """Lowest score kept, on a fine grid over the fitted range (for reports)."""
+        grid = np.linspace(values.min(), values.max(), 4001)
+        prob = calibrate.clean_prob(self.calibration, grid)
+        keep = calibrate.keep_mask(self.calibration, grid, prob, self.settings["keep_rule"])
+        return float(grid[np.argmax(keep)]) if keep.any() else None
+
+    def transform(self, image, text, row_ids=None) -> dict[str, np.ndarray]:
+        """The three columns for each row, in the order given."""
+        self._check_fitted()
+        score = self.scores(image, text, row_ids)
+        prob = calibrate.clean_prob(self.calibration, score)
+        keep = calibrate.keep_mask(self.calibration, score, prob, self.settings["keep_rule"])
+        return {
+            "match_score": score.astype(np.float32),
+            "match_clean_prob": prob.astype(np.float32),
+            "match_keep": keep,
+        }
+
+    # --------------------------------------------------------------- params
+    def _check_fitted(self) -> None:
+        if self.pool is None or self.calibration is None:
+            raise RuntimeError("MatchScorer is not fitted: call fit() or from_params()")
+
+    def get_params(self) -> dict:
+        """JSON-able settings, calibration and pool description (no vectors)."""
+        self._check_fitted()
+        pool = self.pool
+        return {
+            "settings": dict(self.settings),
+            "calibration": self.calibration,
+            "pool": {
+                "size": len(pool),
+                "dim": int(pool.image.shape[1]),
+                "n_batches": pool.n_batches,
+                "hash_max": str(pool.hash_max),  # uint64: a string survives JSON readers
+            },
+            "fit": dict(self.fit_summary),
+        }
+
+    def get_arrays(self) -> dict[str, np.ndarray]:
+        """The pool vectors and row ids, to be stored beside the params."""
+        self._check_fitted()
+        return self.pool.arrays()
+
+    @classmethod
+    def from_params(cls, params: dict, arrays: dict) -> MatchScorer:
+        scorer = cls(**params["settings"])
+        meta = params["pool"]
+        scorer.pool = Pool.from_arrays(arrays, meta["n_batches"], int(meta["hash_max"]))
+        if len(scorer.pool) != meta["size"] or scorer.pool.image.shape[1] != meta["dim"]:
+            raise ValueError("pool arrays do not match the params (size or dimension)")
+        scorer.calibration = dict(params["calibration"])
+        scorer.fit_summary = dict(params.get("fit", {}))
+        return scorer
