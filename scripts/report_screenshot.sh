@@ -14,6 +14,10 @@
 # `apt-get install -y chromium`; set CHROMIUM=/path/to/chrome for another
 # build). The page is local and self-contained, so Chromium runs with
 # networking side channels off and a throw-away profile that is removed on exit.
+# A page made with `nclean report --shards` (pairs as thumbnails) is several
+# thousand pixels tall: pass a larger HEIGHT to see it all. For a pass/fail
+# check that every image on the page loaded, run
+# `python -m cleaner.report.browser REPORT` (or `make report-check`).
 set -euo pipefail
 
 if [[ $# -lt 1 || "$1" == "-h" || "$1" == "--help" ]]; then

@@ -9,8 +9,27 @@ from pathlib import Path
 import typer
 
 from cleaner.errors import ConfigError
+from cleaner.report import DEFAULT_PAIRS, MAX_PAIRS
 
 FORMATS = ("html", "text")
+
+
+ShardsOpt = typer.Option(
+    None,
+    "--shards",
+    help="The shards that were scored (a folder, glob, brace pattern or path; repeat for "
+    "more). html only: the page then shows, per method, thumbnails with captions and "
+    "scores of kept and dropped pairs, the borderline ones, and pairs the methods "
+    "disagree on, reading only those samples.",
+)
+PairsOpt = typer.Option(
+    DEFAULT_PAIRS,
+    "--pairs",
+    help=f"With --shards: pairs shown per method and group (1 to {MAX_PAIRS}).",
+)
+SeedOpt = typer.Option(
+    0, "--seed", help="Seed of the histogram sample and of the pairs chosen at random."
+)
 
 
 def default_out(sidecar: Path) -> Path:
@@ -46,6 +65,9 @@ def report_cmd(
         help="Histograms and quantiles use a seeded uniform sample of at most this many ok "
         "rows; counts, means and tables always cover every row.",
     ),
+    shards: list[str] = ShardsOpt,
+    pairs: int = PairsOpt,
+    seed: int = SeedOpt,
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on internal errors."),
 ):
     """Summarise a sidecar: statuses, each method's verdicts, the run's metadata.
@@ -60,18 +82,31 @@ def report_cmd(
     settings and the neighbour indexes' recall@1. Only methods present in the
     sidecar get a section.
 
-    Exit codes: 0 ok, 2 bad option, 3 sidecar missing, unreadable or of an
-    unknown schema version.
+    With --shards, a "Pairs" section shows the samples themselves; a shard
+    not among --shards, or changed since scoring, is a note on its cards.
 
-    Example: nclean report weights.parquet --out weights_report/   (then open index.html)
+    Exit codes: 0 ok, 2 bad option (also: --shards matches nothing, or none of
+    the shards shown), 3 sidecar missing, unreadable or of an unknown schema
+    version.
+
+    Example: nclean report weights.parquet --shards shards/ --out weights_report/
+    (then open index.html)
     """
     from cleaner.commands.options import set_debug
 
     set_debug(debug)  # the console entry point shows tracebacks only when asked
-    _write_report(sidecar, out, format, sample_rows)
+    _write_report(sidecar, out, format, sample_rows, shards or None, pairs, seed)
 
 
-def _write_report(sidecar: Path, out: Path | None, format_option: str, sample_rows: int) -> None:
+def _write_report(
+    sidecar: Path,
+    out: Path | None,
+    format_option: str,
+    sample_rows: int,
+    shards: list[str] | None = None,
+    pairs: int = DEFAULT_PAIRS,
+    seed: int = 0,
+) -> None:
     """Check the options, then write the report where ``out`` (or its default) says."""
     from cleaner.report.build import build_report, text_report
 
@@ -80,8 +115,12 @@ def _write_report(sidecar: Path, out: Path | None, format_option: str, sample_ro
         raise ConfigError(f"--format must be html or text, not {format_option!r}")
     if sample_rows < 1:
         raise ConfigError("--sample-rows must be at least 1")
+    if not 1 <= pairs <= MAX_PAIRS:
+        raise ConfigError(f"--pairs must be between 1 and {MAX_PAIRS}, not {pairs}")
     if fmt == "text":
-        text = text_report(sidecar, max_sample_rows=sample_rows)
+        if shards:
+            raise ConfigError("--shards shows pairs on the html page; it has no text form")
+        text = text_report(sidecar, max_sample_rows=sample_rows, seed=seed)
         if out is None:
             sys.stdout.write(text)
         else:
@@ -89,7 +128,12 @@ def _write_report(sidecar: Path, out: Path | None, format_option: str, sample_ro
             print(f"report: {out}", file=sys.stderr)
         return
     index = build_report(
-        sidecar, out if out is not None else default_out(sidecar), max_sample_rows=sample_rows
+        sidecar,
+        out if out is not None else default_out(sidecar),
+        max_sample_rows=sample_rows,
+        seed=seed,
+        shards=shards,
+        pairs=pairs,
     )
     print(f"report: {index}", file=sys.stderr)
 

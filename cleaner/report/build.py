@@ -2,7 +2,8 @@
 
 :func:`build_report` writes one PNG per figure and a self-contained
 ``index.html`` (inline CSS, no scripts, no external assets; it refers only to
-the PNGs and ``shards.csv`` next to it). :func:`text_report` returns the same
+the PNGs and ``shards.csv`` next to it). Given the shards, the page also shows
+pairs as inline thumbnails (:mod:`cleaner.report.pair_select`). :func:`text_report` returns the same
 counts and key numbers as aligned text for a terminal.
 
 This module only assembles a report from its parts, so callers have one
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from cleaner.errors import ConfigError
 from cleaner.io.atomic import write_text
+from cleaner.report import DEFAULT_PAIRS, MAX_PAIRS
 from cleaner.report.data import (
     MAX_SAMPLE_ROWS,
     ReportData,
@@ -32,6 +34,9 @@ from cleaner.report.data import (
 )
 from cleaner.report.figures import FIGURE_METHODS, FIGURES
 from cleaner.report.page import render_html
+from cleaner.report.pair_images import load_thumbs
+from cleaner.report.pair_page import pairs_html
+from cleaner.report.pair_select import select_pairs
 from cleaner.report.tables import shard_table
 from cleaner.report.text import format_text
 
@@ -67,22 +72,40 @@ def _shards_csv(d: ReportData) -> str:
     return buf.getvalue()
 
 
+def _pairs(d: ReportData, shards, pairs: int, seed: int) -> str:
+    """The Pairs section's HTML: choose the rows, then read only their samples."""
+    if isinstance(shards, (str, Path)):
+        shards = [shards]
+    if not 1 <= pairs <= MAX_PAIRS:
+        raise ConfigError(f"pairs per group must be between 1 and {MAX_PAIRS}, not {pairs}")
+    sel = select_pairs(d, k=pairs, seed=seed)
+    thumbs = load_thumbs(sel.all_picks(), [str(s) for s in shards], d.meta)
+    return pairs_html(sel, thumbs, d.params("clipcleaner").get("classes"))
+
+
 def build_report(
     sidecar_path: str | Path,
     out_dir: str | Path,
     max_sample_rows: int = MAX_SAMPLE_ROWS,
     seed: int = 0,
+    shards: str | Path | list | None = None,
+    pairs: int = DEFAULT_PAIRS,
 ) -> Path:
     """Write the figures, ``shards.csv`` and ``index.html`` into ``out_dir``; return index.html's path.
 
+    With ``shards`` (the shard specs that were scored), the page also shows
+    ``pairs`` pairs per method and group as thumbnails with their captions
+    (:mod:`cleaner.report.pair_select`), reading only those samples.
+
     Every file is written atomically. Raises InputError for a missing or
     unreadable sidecar or an unknown schema version, ConfigError when
-    ``out_dir`` exists as a file.
+    ``out_dir`` exists as a file or ``shards`` matches nothing.
     """
     d = load_report_data(sidecar_path, max_sample_rows=max_sample_rows, seed=seed)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"report folder {out} exists and is not a folder")
+    pairs_block = _pairs(d, shards, pairs, seed) if shards else ""
     out.mkdir(parents=True, exist_ok=True)
     figs = {}
     for name, draw in FIGURES.items():
@@ -90,5 +113,5 @@ def build_report(
             figs[name] = draw(d, out)
     write_text(out / "shards.csv", _shards_csv(d))
     index = out / "index.html"
-    write_text(index, render_html(d, figs, "shards.csv"))
+    write_text(index, render_html(d, figs, "shards.csv", pairs_block))
     return index

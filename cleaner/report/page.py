@@ -1,5 +1,6 @@
 """The report's ``index.html``: one self-contained page (inline CSS, no scripts,
-no external assets; it refers only to the PNGs and ``shards.csv`` next to it).
+no external assets; it refers only to the PNGs and ``shards.csv`` next to it,
+and the pairs' thumbnails are inline data URIs).
 
 A module of its own because it is only layout: the rows come from
 :mod:`cleaner.report.tables` and :mod:`cleaner.report.method_rows`, the
@@ -12,6 +13,7 @@ import html
 
 from cleaner.report.data import ReportData
 from cleaner.report.method_rows import METHOD_ROWS, METHOD_TITLES
+from cleaner.report.pair_page import PAIRS_CSS
 from cleaner.report.tables import (
     Table,
     argv_text,
@@ -125,10 +127,15 @@ def _method_section(d: ReportData, method: str, figs: dict[str, str | None]) -> 
     )
 
 
-def render_html(d: ReportData, figs: dict[str, str | None], shards_csv: str | None) -> str:
-    """The page: header, run metadata, statuses, one section per method, shards, settings."""
+def render_html(
+    d: ReportData, figs: dict[str, str | None], shards_csv: str | None, pairs: str = ""
+) -> str:
+    """The page: header, run metadata, statuses, the pairs (``pairs``: the inner
+    HTML of :func:`cleaner.report.pair_page.pairs_html`, when shards were
+    given), one section per method, shards, settings."""
     nav = (
         [("run", "Run"), ("status", "Status")]
+        + ([("pairs", "Pairs")] if pairs else [])
         + [(m, METHOD_TITLES[m]) for m in d.methods]
         + [("shards", "Shards"), ("settings", "Settings")]
     )
@@ -147,6 +154,8 @@ def render_html(d: ReportData, figs: dict[str, str | None], shards_csv: str | No
             _img(figs.get("status"), "rows per status"),
         ),
     ]
+    if pairs:
+        parts.append(f'<section id="pairs"><h2>Pairs</h2>{pairs}</section>')
     parts += [_method_section(d, m, figs) for m in d.methods]
     csv_link = (
         f'<p class="note">All shards: <a href="{_e(shards_csv)}">{_e(shards_csv)}</a></p>'
@@ -168,7 +177,7 @@ def render_html(d: ReportData, figs: dict[str, str | None], shards_csv: str | No
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width,initial-scale=1"><title>{_e(title)}</title>'
-        f"<style>{_CSS}</style></head><body>"
+        f"<style>{_CSS}{PAIRS_CSS if pairs else ''}</style></head><body>"
         f"<header><h1>{_e(title)}</h1><p>{_e(d.path)} · {fmt_count(d.n_rows)} rows · {fmt_count(d.ok_rows)} ok · "
         f"methods: {_e(', '.join(d.methods) or '-')}</p></header>"
         f'<nav>{nav_html}</nav><main><p class="note">{_e(sample_note(d))}</p>{"".join(parts)}</main></body></html>\n'

@@ -11,6 +11,9 @@
 3. Scores the shards through the same pipeline users run (the checkpoint is
    loaded from its file), and prints the summary plus how each method's
    verdict lines up with the planted noise.
+4. Writes the HTML report with ``--shards`` into ``out/report/`` and ends by
+   pointing at its ``index.html``: shuffled captions next to their images
+   make the cleaning visible, which a table of AUROCs does not.
 """
 
 from __future__ import annotations
@@ -196,7 +199,23 @@ def run_demo(
         _remove(score_outputs)
     summary = _score(shard_dir, sidecar, model, ckpt, progress)
     write_json(scored_with_path, scored_with)
-    return _report(out, sidecar, shard_dir, summary, what)
+    report = _report(out, sidecar, shard_dir, summary, what)
+    report["page"] = str(_page(out, sidecar, shard_dir))
+    return report
+
+
+def _page(out: Path, sidecar: Path, shard_dir: Path) -> Path:
+    """Write the HTML report with the pairs themselves (read back from the
+    shards) and point at it: the demo ends where a user would look next."""
+    from cleaner.report.build import build_report
+
+    index = build_report(sidecar, out / "report", shards=[str(shard_dir)])
+    print(
+        f"report: {index}\n  open it in a browser: per method, the pairs it keeps and drops "
+        "(thumbnails with their captions and scores) and where the methods disagree",
+        file=sys.stderr,
+    )
+    return index
 
 
 def _demo_estimator(
@@ -284,5 +303,4 @@ def _report(out: Path, sidecar: Path, shard_dir: Path, summary, what: str) -> di
         f"(ground truth: {int((~clean).sum())} of {len(clean)} scorable pairs have a shuffled caption)",
         file=err,
     )
-    print(f"next: nclean report {sidecar} --out {out / 'report'}", file=err)
     return report
