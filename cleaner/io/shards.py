@@ -15,6 +15,14 @@ Uncompressed tars are read by first listing member headers (cheap: tarfile
 seeks over the data) and then reading the wanted members by offset, so
 samples whose members are not contiguous are still assembled correctly and
 only the members we need are read.
+
+Member names that are not UTF-8 (latin-1 bytes, as old tar tools write
+them) reach us as tarfile decodes them, each undecodable byte a lone
+surrogate (``surrogateescape``) -- text Parquet cannot store. Such a key is
+written with each of those bytes as ``\\xHH`` (:func:`sample_key`): valid
+UTF-8, the same in both readers, and found again by ``nclean filter``
+(which reads shards through this module); webdataset's ``__key__`` for
+such a sample maps to it through the same function.
 """
 
 from __future__ import annotations
@@ -45,7 +53,8 @@ def expand_shards(specs: str | Iterable[str]) -> list[Path]:
     Raises
     ------
     ConfigError
-        if a spec matches nothing, a path does not exist, or two shards share
+        if a spec matches nothing, a path does not exist, a file name is not
+        UTF-8 (it is stored as the ``shard`` column), or two shards share
         a file name (sidecar parts are named after the shard's file name, so
         names must be unique).
     """
@@ -75,6 +84,12 @@ def expand_shards(specs: str | Iterable[str]) -> list[Path]:
         raise ConfigError("no shards given")
     seen: dict[str, Path] = {}
     for p in paths:
+        if sample_key(p.name) != p.name:
+            # the shard's name is a column of every row and names its part
+            raise ConfigError(
+                f"shard file name {sample_key(p.name)} is not valid UTF-8 (in {p.parent}); "
+                "rename the file"
+            )
         if p.name in seen and seen[p.name].resolve() != p.resolve():
             raise ConfigError(
                 f"two shards share the file name {p.name} ({seen[p.name]} and {p}); "
@@ -157,8 +172,36 @@ def read_shard(
         yield from _read_indexed(path, size, wanted_set, report)
 
 
+def sample_key(name: str) -> str:
+    """A key or member name as tarfile/webdataset decode it -> the text nclean stores.
+
+    Valid UTF-8 is returned unchanged. A byte that is not UTF-8 arrives as a
+    lone surrogate (``surrogateescape``: U+DC80..U+DCFF) and is written as
+    ``\\xHH``, e.g. latin-1 ``caf\\xe9`` (``b"caf\\xe9"``) -> ``"caf\\\\xe9"``; any
+    other lone surrogate as ``\\uDXXX``. Applying it twice changes nothing,
+    so a filtered copy (written under this key) scores to the same key.
+    Literal backslashes are kept, so a UTF-8 name that spells ``\\xe9`` in
+    one shard with the bytes it stands for is a repeated key there: a
+    ``duplicate_key`` row, as for any key seen twice, never a lost sample.
+    """
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return "".join(_escape_surrogate(c) for c in name)
+
+
+def _escape_surrogate(c: str) -> str:
+    code = ord(c)
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\u{code:04x}" if 0xD800 <= code <= 0xDFFF else c
+
+
 def _split_name(name: str) -> tuple[str, str] | None:
-    parts = base_plus_ext(name)
+    # keyed by the escaped name: an escaped byte is never "." or "/", so
+    # splitting it gives the same key and extension as splitting the bytes
+    parts = base_plus_ext(sample_key(name))
     if parts is None or parts[0] is None:
         return None
     return parts[0], parts[1].lower()

@@ -23,7 +23,7 @@ from cleaner.methods import losses as L
 from cleaner.train.config import PAIR_METHODS, TrainConfig
 from cleaner.train.data import Split
 from cleaner.train.model import Model, param_groups
-from cleaner.train.sidecar import where_mask
+from cleaner.train.sidecar import checked_weights, where_mask
 
 
 class PairObjective:
@@ -40,6 +40,7 @@ class PairObjective:
                 f"--method {m}: only {len(self.rows)} training rows selected; nothing to train on"
                 + (f" (--where {cfg.where!r})" if m == "filter" else "")
             )
+        self.weights = self._checked_weights()
         self.rng = np.random.default_rng(cfg.seed + 1)
 
     def _select_rows(self) -> np.ndarray:
@@ -67,11 +68,49 @@ class PairObjective:
             return self.reliable
         raise ConfigError(f"unknown --method {m!r}; choose from {', '.join(PAIR_METHODS)}")
 
+    def _checked_weights(self) -> dict[str, np.ndarray]:
+        """The sidecar numbers the method trains with, checked once up front
+        (:func:`~cleaner.train.sidecar.checked_weights`): never NaN."""
+        cfg, side, m = self.cfg, self.side, self.cfg.method
+        if m == "osa" and cfg.osa_form == "code":
+            beta = (self.meta.get("beta") or {}).get("value")
+            if not isinstance(beta, (int, float)) or not np.isfinite(beta):
+                raise ConfigError(
+                    f"--osa-form code: beta in {cfg.sidecar} is {beta!r}, not a number"
+                )
+            ok = side["status"].eq("ok").to_numpy(bool) if "status" in side else None
+            cos = checked_weights(side, "cosine", self.rows, m, negative_ok=True)
+            return {"cosine": cos, "ok": np.ones(len(cos), bool) if ok is None else ok}
+        if m == "osa":
+            col = "osa_weight_norm" if cfg.osa_form == "paper-norm" else "osa_weight"
+            return {"w": checked_weights(side, col, self.rows, m)}
+        if m == "sdd":
+            return {"w_con": checked_weights(side, "sdd_w_con", self.rows, m)}
+        if m == "sps":
+            proxied = self.noisy[
+                [isinstance(k, str) for k in side["sps_proxy_key"].to_numpy(object)[self.noisy]]
+            ]
+            return {
+                "soft": checked_weights(side, "sps_soft_label", self.quasi, m),
+                "proxy": checked_weights(side, "sps_proxy_label", proxied, m),
+            }
+        return {}
+
     def batch(self, idx: np.ndarray):
         return self.split.images[idx], self.split.tokens[idx]
 
     def loss(self, idx: np.ndarray, epoch: int, optimizer) -> tuple[torch.Tensor, dict]:
-        """The batch's loss and what to log about it (mean weights, SPS parts)."""
+        """The batch's loss and what to log about it (mean weights, SPS parts);
+        a loss that is not finite stops the run (ConfigError) before any step on it."""
+        value, logs = self._loss(idx, epoch, optimizer)
+        if not bool(torch.isfinite(value.detach())):
+            raise ConfigError(
+                f"--method {self.cfg.method}: the training loss became {float(value)} at epoch "
+                f"{epoch}; nothing was trained on it -- lower --lr, or check the sidecar"
+            )
+        return value, logs
+
+    def _loss(self, idx: np.ndarray, epoch: int, optimizer) -> tuple[torch.Tensor, dict]:
         m = self.cfg.method
         if m == "sps":
             return self._sps(idx, epoch)
@@ -87,20 +126,18 @@ class PairObjective:
     def _osa(self, idx: np.ndarray, img, txt, scale) -> tuple[torch.Tensor, dict]:
         per = L.symmetric_infonce(img, txt, scale)
         if self.cfg.osa_form == "code":
-            cos = torch.as_tensor(self.side["cosine"].to_numpy(np.float32)[idx])
+            cos = torch.as_tensor(self.weights["cosine"][idx])
             w = L.osa_weight_code(cos, float(self.meta["beta"]["value"]))
+            w = w * torch.as_tensor(self.weights["ok"][idx])  # unscored rows: weight 0
         else:
-            col = "osa_weight_norm" if self.cfg.osa_form == "paper-norm" else "osa_weight"
-            w = torch.as_tensor(self.side[col].to_numpy(np.float32)[idx])
+            w = torch.as_tensor(self.weights["w"][idx])
         w = w.to(per.device)
         return L.osa_loss(per, w), {"mean_weight": float(w.mean())}
 
     def _sdd(
         self, idx: np.ndarray, images, tokens, img, txt, scale, optimizer
     ) -> tuple[torch.Tensor, dict]:
-        w_con = torch.as_tensor(self.side["sdd_w_con"].fillna(0).to_numpy(np.float32)[idx]).to(
-            img.device
-        )
+        w_con = torch.as_tensor(self.weights["w_con"][idx]).to(img.device)
         mb_i = self._positions(self.side["sdd_mb_image_key"].to_numpy(object)[idx], idx)
         mb_t = self._positions(self.side["sdd_mb_text_key"].to_numpy(object)[idx], idx)
         w_sig = L.siamese_significance(
@@ -150,7 +187,7 @@ class PairObjective:
         """A batch of quasi-clean pairs with their soft labels."""
         q = self.rng.choice(self.quasi, size=min(bs, len(self.quasi)), replace=False)
         qi, qt, _ = self.model.encode(self.model.net, *self.batch(q))
-        labels = torch.as_tensor(self.side["sps_soft_label"].to_numpy(np.float32)[q])
+        labels = torch.as_tensor(self.weights["soft"][q])
         return {"qc_img": qi, "qc_txt": qt, "qc_labels": labels.to(qi.device)}
 
     def _sps_noisy(self, bs: int) -> dict:
@@ -165,7 +202,5 @@ class PairObjective:
         proxy = self._positions(side["sps_proxy_key"].to_numpy(object)[nz], nz)
         ni = net.encode_image(self.model.pixels(self.split.images[nz]))
         pt = net.encode_text(self.split.tokens[proxy].to(self.model.est.device))
-        labels = torch.as_tensor(
-            np.nan_to_num(side["sps_proxy_label"].to_numpy(np.float32)[nz])
-        ).to(ni.device)
+        labels = torch.as_tensor(self.weights["proxy"][nz]).to(ni.device)
         return {"noisy_img": ni, "proxy_txt": pt, "proxy_labels": labels}

@@ -4,6 +4,8 @@ Reading fails with the one-line errors ``nclean filter`` gives (a missing or
 invalid sidecar is an :class:`~cleaner.errors.InputError`), the method's
 columns and ``--where`` are checked before any shard is decoded, and the
 rows are aligned to the decoded samples, with counts when they do not match.
+The weights a method trains with are checked too (:func:`checked_weights`):
+a NaN or negative weight is refused, never trained on.
 
 A module of its own because both training tasks apply the same checks and
 the same join, and none of it needs the model.
@@ -11,7 +13,10 @@ the same join, and none of it needs the model.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -20,7 +25,7 @@ from cleaner.io.schema import SchemaError
 from cleaner.io.sidecar import read_sidecar
 from cleaner.train.config import TrainConfig
 from cleaner.train.data import Split
-from cleaner.train.lookup import SidecarMismatchError
+from cleaner.train.lookup import SidecarMismatchError, align_ids, join_of
 from cleaner.train.verdicts import evaluate
 
 
@@ -42,17 +47,73 @@ def join_sidecar(split: Split, sidecar_path: str, loaded=None):
     ``nclean filter``). ``loaded``: ``(table, meta)`` already read."""
     table, meta = loaded if loaded is not None else read_train_sidecar(sidecar_path)
     frame = table.to_pandas()
-    frame.index = list(zip(frame["shard"], frame["key"]))
-    wanted = list(zip(split.shards, split.keys))
-    missing = [w for w in wanted if w not in frame.index]
+    try:  # by (shard, key), or by key for a sidecar scored from clip-retrieval embeddings
+        join = join_of([meta], [str(sidecar_path)])
+    except ValueError as exc:
+        raise InputError(f"--sidecar: {exc}") from None
+    frame.index, wanted = align_ids(join, frame["shard"], frame["key"], split.shards, split.keys)
+    missing = [s for s, w in zip(split.shards, wanted) if w not in frame.index]
     if missing:
-        shards = sorted({s for s, _ in missing})
+        shards = sorted(set(missing))
         raise SidecarMismatchError(
             f"{len(missing)} of {len(wanted)} training samples have no row in {sidecar_path} "
             f"(shards: {', '.join(shards[:5])}{' ...' if len(shards) > 5 else ''}); "
             "was the sidecar made from these shards?"
         )
     return frame.loc[wanted].reset_index(drop=True), meta
+
+
+def checked_weights(
+    side, column: str, rows: np.ndarray, method: str, negative_ok: bool = False
+) -> np.ndarray:
+    """``side[column]`` as float32, checked on the ``rows`` a method trains on.
+
+    A missing (null/NaN) or infinite value -- or, for a weight, a negative
+    one -- in a row whose status is ``ok`` is a ConfigError (exit 2) naming
+    the column and the counts: training on it would turn every loss NaN (or
+    reward a pair for mismatching). In a row whose sample could not be
+    scored (status not ``ok``) it becomes 0, that row's documented weight,
+    with a warning that counts them. Rows not in ``rows`` are left as they are.
+    """
+    values = np.array(pd.to_numeric(side[column], errors="coerce"), dtype=np.float64)  # a copy
+    trained = np.zeros(len(values), dtype=bool)
+    trained[rows] = True
+    missing, infinite = np.isnan(values), np.isinf(values)
+    negative = np.zeros_like(trained) if negative_ok else values < 0
+    bad = trained & (missing | infinite | negative)
+    ok = (
+        side["status"].eq("ok").to_numpy(bool)
+        if "status" in side
+        else np.ones(len(values), dtype=bool)
+    )
+    refused = bad & ok
+    if refused.any():
+        counts = [
+            f"{int((refused & m).sum())} {what}"
+            for m, what in (
+                (missing, "missing/NaN"),
+                (infinite, "infinite"),
+                (negative, "negative"),
+            )
+            if (refused & m).any()
+        ]
+        first = int(np.flatnonzero(refused)[0])
+        where = f"shard {side['shard'].iloc[first]}, key {side['key'].iloc[first]!r}"
+        need = "a finite number" if negative_ok else "a finite number >= 0"
+        raise ConfigError(
+            f"--method {method}: sidecar column {column} has {', '.join(counts)} value(s) in "
+            f"{int(trained.sum())} training rows (first: {where}); it must be {need}: "
+            "rescore the sidecar or fix the column"
+        )
+    if bad.any():
+        print(
+            f"nclean: warning: {int(bad.sum())} training row(s) whose status is not ok have no "
+            f"usable {column}; they get weight 0",
+            file=sys.stderr,
+            flush=True,
+        )
+    values[bad] = 0.0
+    return values.astype(np.float32)
 
 
 def where_mask(side, expr: str) -> np.ndarray:

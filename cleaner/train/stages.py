@@ -28,6 +28,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Iterator
 
+from cleaner.io.shards import sample_key
 from cleaner.train.lookup import (
     OPT_OUT_HINT,
     SHOWN,
@@ -83,7 +84,9 @@ class _Stage:
             if name != current:
                 current, index, seen, matched = name, self.verdicts.shard_index(name), 0, 0
             seen += 1
-            row = index.get(key) if index is not None else None
+            # the sidecar stores non-UTF-8 key bytes escaped; webdataset hands
+            # them over as surrogates: look them up the way nclean wrote them
+            row = index.get(sample_key(key)) if index is not None else None
             if row is None:
                 if self.on_missing == "error":
                     raise SidecarMismatchError(self._message(name, key, index, seen, matched))
