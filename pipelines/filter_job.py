@@ -8,11 +8,14 @@ Two passes over the input shards, both with :func:`cleaner.io.shards.read_shard`
 (robust to truncated or corrupt tars):
 
 1. **scan** (:mod:`pipelines.filter_join`) -- tar headers only (no member
-   data is read): every sample's (shard, key) is joined to the sidecar at
-   once, so a sidecar that does not match the shards is a
-   :class:`~cleaner.train.weights.SidecarMismatchError` with counts
-   *before* anything is written; the keep/drop decision, the drop reasons
-   and the number of copies of every sample are planned here.
+   data is read, except the ``.json`` uid for a sidecar that finds samples
+   by uid): every sample is joined to the sidecar at once, by the
+   sidecar's ``join`` -- (shard, key), key or uid, see
+   :mod:`cleaner.train.lookup` -- so a sidecar that does not match the
+   shards is a :class:`~cleaner.train.weights.SidecarMismatchError` with
+   counts *before* anything is written, and so is a filter that would keep
+   nothing; the keep/drop decision, the drop reasons and the number of
+   copies of every sample are planned here.
 2. **copy** (:mod:`pipelines.filter_write`) -- the kept samples' members are
    copied byte for byte into ``{i:06d}.tar`` output shards of at most
    ``maxcount`` samples with ``webdataset.TarWriter``, keys unchanged (an
@@ -145,7 +148,8 @@ def run_filter(job: FilterJob) -> FilterSummary:
     verdicts = _load_verdicts(job.weights)
     # before the scan: cheap mistakes
     earlier = check_out(Path(job.out), paths, job.overwrite) if job.out else []
-    scan = scan_shards(paths, job.progress)
+    # a sidecar scored from clip-retrieval embeddings may find samples by uid
+    scan = scan_shards(paths, job.progress, uid_field="uid" if verdicts.join == "uid" else None)
     plan = plan_copies(scan, verdicts, job)
     copies, shard_stats = plan.copies, []
     if job.out:
@@ -192,7 +196,11 @@ def _summarise(
     if truncated:
         reasons["truncated_member"] += truncated
     matched = set(plan.rows[plan.rows >= 0].tolist())
-    in_sidecar = sum(len(verdicts.rows_of_shard(p.name)) for p in paths)
+    in_sidecar = (
+        sum(len(verdicts.rows_of_shard(p.name)) for p in paths)
+        if verdicts.join == "shard_key"
+        else len(verdicts)  # by key or uid no row belongs to a shard: count them all
+    )
     return FilterSummary(
         input_shards=len(paths),
         input_samples=len(scan.keys),

@@ -10,16 +10,19 @@ is a pure function of the scan and the sidecar, and reads best on its own.
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
-from tqdm import tqdm
 
 from cleaner.errors import ConfigError
+from cleaner.io.decode import read_uid
 from cleaner.io.shards import ShardReadError, ShardReport, read_shard
+from cleaner.progress import progress_bar
+from cleaner.train.lookup import JOINS
 from cleaner.train.weights import OPT_OUT_HINT, SidecarMismatchError, Verdicts
 
 
@@ -32,6 +35,7 @@ class Selection(Protocol):
     on_missing: str
     keep_failed: bool
     seed: int
+    out: str | None  # resharded output (its keys must be unique), or only a keep list
 
 
 def upsample_counts(ratios: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -62,26 +66,35 @@ class Scan:
     keys: list[str]  # per sample
     unreadable: dict[str, str]
     warnings: dict[str, list[str]]
+    uids: list[str | None] | None = None  # per sample, when the sidecar joins by uid
 
 
-def scan_shards(paths: list[Path], progress: bool) -> Scan:
-    """Read the tar headers of ``paths``; a shard that is no tar is noted, not raised."""
+def scan_shards(paths: list[Path], progress: bool, uid_field: str | None = None) -> Scan:
+    """Read the tar headers of ``paths``; a shard that is no tar is noted, not raised.
+
+    With ``uid_field`` (a sidecar that finds samples by uid) each sample's
+    ``.json`` member is read too, for that field.
+    """
     names, keys, starts, unreadable, warnings = [], [], [], {}, {}
-    for path in tqdm(
+    uids = [] if uid_field else None
+    wanted = ("json",) if uid_field else ()
+    for path in progress_bar(
         paths, desc="scan", unit="shard", disable=not progress, file=sys.stderr, leave=False
     ):
         starts.append(len(keys))
         report = ShardReport()
         try:
-            # wanted=(): headers only, no member data is read
-            for raw in read_shard(path, wanted=(), report=report):
+            # wanted=(): headers only, no member data is read (the json for uids)
+            for raw in read_shard(path, wanted=wanted, report=report):
                 keys.append(raw.key)
                 names.append(path.name)
+                if uids is not None:
+                    uids.append(read_uid(raw.members, uid_field))
         except ShardReadError as exc:
             unreadable[path.name] = str(exc)
         if report.warnings:
             warnings[path.name] = report.warnings
-    return Scan(paths, starts, names, keys, unreadable, warnings)
+    return Scan(paths, starts, names, keys, unreadable, warnings, uids)
 
 
 @dataclass
@@ -116,13 +129,35 @@ def plan_copies(scan: Scan, verdicts: Verdicts, sel: Selection) -> Plan:
     if weights is not None and keep.any():
         copies[keep] = _upsampled_copies(weights[rows[keep]], sel)
         reasons[keep & (copies == 0)] = "upsample_zero"
-    check_output_keys(scan, copies)
+    check_something_kept(scan, rows, copies, reasons, verdicts)
+    if sel.out:  # a keep list names uids: keys that repeat across shards do no harm there
+        check_output_keys(scan, copies)
     return Plan(rows, copies, reasons)
+
+
+def check_something_kept(scan: Scan, rows, copies, reasons, verdicts: Verdicts) -> None:
+    """A filter that keeps nothing is an error, not an empty output: either
+    no sample found its row (a sidecar of other data, even with
+    ``--on-missing drop``) or the selection drops every sample."""
+    n = len(rows)
+    if n == 0 or (copies > 0).any():
+        return
+    if not (rows >= 0).any():
+        shards = list(dict.fromkeys(scan.shard_names))
+        shown = ", ".join(shards[:5]) + (f" and {len(shards) - 5} more" if len(shards) > 5 else "")
+        raise SidecarMismatchError(
+            f"none of the {n} samples has a row in the sidecar (matched by "
+            f"{JOINS[verdicts.join]}; shards: {shown}; the sidecar covers "
+            f"{len(verdicts)} rows); is it the sidecar of these shards? nothing written"
+        )
+    counts = Counter(r for r in reasons if r is not None).most_common()
+    detail = ", ".join(f"{reason} {count}" for reason, count in counts)
+    raise ConfigError(f"nothing to keep: all {n} samples are dropped ({detail}); nothing written")
 
 
 def _lookup_rows(scan: Scan, verdicts: Verdicts, on_missing: str) -> np.ndarray:
     try:
-        return verdicts.lookup(scan.shard_names, scan.keys, on_missing=on_missing)
+        return verdicts.lookup(scan.shard_names, scan.keys, on_missing=on_missing, uids=scan.uids)
     except SidecarMismatchError as exc:
         # the library's hint names its keyword; a CLI user needs the flag
         raise SidecarMismatchError(
@@ -171,7 +206,7 @@ def check_output_keys(scan: Scan, copies: np.ndarray) -> None:
         np.unique(kept.astype(str), return_counts=True) if len(kept) else (kept, np.zeros(0))
     )
     if (counts > 1).any():
-        example = uniq[np.argmax(counts > 1)]
+        example = str(uniq[np.argmax(counts > 1)])  # repr of a plain str, not np.str_
         raise ConfigError(
             f"{int((counts > 1).sum())} keys are kept more than once (e.g. {example!r}, in several shards); "
             "output keys must be unique"

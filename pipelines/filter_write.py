@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import webdataset as wds
-from tqdm import tqdm
 
 from cleaner.errors import ConfigError, InputError
 from cleaner.io.atomic import atomic_path, write_json
 from cleaner.io.shards import read_shard
+from cleaner.progress import progress_bar
 from cleaner.train.weights import Verdicts
 from pipelines.filter_join import Plan, Scan
 
@@ -254,7 +254,7 @@ def copy_kept(
             for t in zip(scan.paths, scan.starts, ends, strict=True)
             if t[0].name not in scan.unreadable
         ]
-        for path, start, end in tqdm(
+        for path, start, end in progress_bar(
             todo, desc="filter", unit="shard", disable=not progress, file=sys.stderr, leave=False
         ):
             _copy_shard(path, start, end, scan, plan, output, written)

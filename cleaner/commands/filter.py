@@ -98,8 +98,10 @@ def filter_cmd(
     """Reshard the samples a sidecar keeps, optionally upsampled, and/or write a DataComp subset file.
 
     Reads the shards twice: once for headers only, to join every sample to the
-    sidecar by (shard, key) -- a sidecar that does not match is an error with
-    counts before anything is written -- and once to copy the kept samples.
+    sidecar -- by (shard, key), or by key (or uid) for a sidecar scored from
+    clip-retrieval embeddings, as its metadata says -- so a sidecar that does
+    not match, or a filter that keeps nothing, is an error with counts before
+    anything is written; and once to copy the kept samples.
     Dropped samples are counted by reason in the stats: their status
     (decode_error, ...), where, upsample_zero, no_sidecar_row, truncated_member.
 
@@ -141,6 +143,8 @@ def _print_summary(summary, keep_list: Path | None) -> None:
     )
     for reason, n in summary.reasons.items():
         print(f"  {reason:18s} {n}", file=err)
+    if summary.input_samples and not summary.written:  # every kept sample was cut off
+        print("warning: nothing was written", file=err)
     if summary.sidecar_rows_without_sample:
         print(
             f"sidecar rows with no sample in the shards: {summary.sidecar_rows_without_sample}",

@@ -12,10 +12,26 @@ by a zero-padded number and puts ``image_path`` -- the webdataset key -- and
 without re-embedding. nclean names each partition after its shard
 (``00042.tar`` -> ``N = 00042``) and adds ``key``, ``shard``, ``index``,
 ``uid``, ``status`` and ``error`` columns; rows whose status is not ``ok``
-hold zero vectors. When reading a folder that lacks those columns they are
-derived: key from ``image_path`` (or the row position), shard from ``N``,
-status ``ok`` -- except rows whose vectors are NaN, infinite or zero, which
-become ``bad_embedding`` rows.
+hold zero vectors.
+
+Whose columns they are is told by the marker nclean writes into its own
+metadata files (the Parquet key ``nclean_embed``, see :meth:`EmbeddingCache.info`),
+never by the column names: ``clip-retrieval inference --enable_metadata``
+copies img2dataset's columns (``key``, ``url``, ``uid``, ``status`` =
+``"success"``, ``error_message``, ``width``, ...) into its metadata, and
+those must not steer nclean. For a partition without the marker nclean's
+columns are derived: key from ``image_path`` (clip-retrieval's webdataset
+reader writes the sample's ``__key__`` there; else img2dataset's ``key``;
+else the row position), uid from ``uid`` (DataComp), shard from ``N``,
+index from the position, status ``ok``. Everywhere -- nclean's partitions
+too -- rows whose vectors are NaN, infinite or zero become ``bad_embedding``
+rows, and :meth:`EmbeddingCache.ok_mask` (what the fits read) agrees with
+:meth:`EmbeddingCache.load` (what the transform reads) on which rows those are.
+
+:func:`sample_join` says how a sidecar scored from a folder finds its
+samples in the shards: by ``(shard, key)`` for nclean's partitions (their
+shard column names the tar), else by key when keys are unique across the
+folder (img2dataset's are: the shard id is their prefix), else by uid.
 
 Writes are atomic per file; the metadata file is renamed last, so a
 partition counts as present only when all three files are.
@@ -30,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cleaner.errors import InputError
@@ -37,6 +54,8 @@ from cleaner.io.atomic import atomic_path
 
 META_KEY = b"nclean_embed"
 _PART_RE = re.compile(r"^metadata_(.+)\.parquet$")
+_CHUNK = 16_384  # rows per block when checking memory-mapped vectors
+SHOWN = 5  # repeated keys named in a message
 
 
 def _natural_key(stem: str):
@@ -72,6 +91,7 @@ class EmbeddingCache:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self._ok: dict[str, tuple] = {}  # stem -> (file stats, ok mask)
 
     # -- paths --------------------------------------------------------------
     def img_path(self, stem: str) -> Path:
@@ -106,9 +126,23 @@ class EmbeddingCache:
         return sorted(stems, key=_natural_key)
 
     def info(self, stem: str) -> dict | None:
-        """The nclean settings a partition was made with (None for clip-retrieval's)."""
-        md = pq.read_schema(self.meta_path(stem)).metadata or {}
+        """The nclean settings a partition was made with; None for one that
+        nclean did not write (clip-retrieval's): the marker of nclean's columns."""
+        md = self._schema(stem).metadata or {}
         return json.loads(md[META_KEY]) if META_KEY in md else None
+
+    def _schema(self, stem: str) -> pa.Schema:
+        path = self.meta_path(stem)
+        try:
+            return pq.read_schema(path)
+        except FileNotFoundError:
+            raise InputError(
+                f"embedding partition {stem} is incomplete: {path} is missing"
+            ) from None
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            raise InputError(
+                f"embedding partition {stem}: {path} is not a readable Parquet file ({exc})"
+            ) from None
 
     def is_complete(self, stem: str) -> bool:
         """True if all three files exist and agree on the row count."""
@@ -123,15 +157,47 @@ class EmbeddingCache:
             return False
 
     def num_rows(self, stem: str) -> int:
+        self._schema(stem)  # a one-line InputError for a file that is not Parquet
         return pq.read_metadata(self.meta_path(stem)).num_rows
 
     def ok_mask(self, stem: str) -> np.ndarray:
-        """Which rows are scorable. nclean's own partitions say so in their
-        status column; others (clip-retrieval) need their vectors checked."""
+        """Which rows are scorable -- exactly the rows :meth:`load` leaves ``ok``.
+
+        nclean's own partitions say which samples decoded in their status
+        column (a foreign status column says nothing to nclean); in every
+        partition a row whose vectors are NaN, infinite or zero is not
+        scorable. Checked block by block on the memory-mapped arrays and
+        remembered while the files stay unchanged (the fits ask repeatedly).
+        """
+        paths = (self.meta_path(stem), self.img_path(stem), self.text_path(stem))
+        stamp = tuple((st.st_size, st.st_mtime_ns) for st in map(_stat, paths))
+        hit = self._ok.get(stem)
+        if hit is not None and hit[0] == stamp:
+            return hit[1].copy()
+        n = self.num_rows(stem)
+        ok = np.ones(n, dtype=bool)
         if self.info(stem) is not None:
             status = pq.read_table(self.meta_path(stem), columns=["status"]).column("status")
-            return np.asarray(status.to_pylist(), dtype=object) == "ok"
-        return self.load(stem).ok
+            ok = np.asarray(status.to_pylist(), dtype=object) == "ok"
+        try:
+            img, txt = self.open_vectors(stem)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"embedding partition {stem} is unreadable: {exc}") from None
+        if img.ndim != 2 or txt.ndim != 2 or len(img) != n or len(txt) != n:
+            self.load(stem)  # raises the one-line error naming what disagrees
+        ok &= good_vectors(img, txt)
+        self._ok[stem] = (stamp, ok)
+        return ok.copy()
+
+    def read_meta(self, stem: str) -> pa.Table:
+        """nclean's metadata columns of one partition, without the vectors
+        (statuses as stored: bad vectors are found by :meth:`load`)."""
+        own = self.info(stem) is not None
+        try:
+            raw = pq.read_table(self.meta_path(stem))
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            raise InputError(f"embedding partition {stem} is unreadable: {exc}") from None
+        return _standard_meta(raw, stem, own)
 
     def open_vectors(self, stem: str) -> tuple[np.ndarray, np.ndarray]:
         """Memory-mapped (image, text) arrays, for sampling rows cheaply."""
@@ -142,6 +208,7 @@ class EmbeddingCache:
     def load(self, stem: str) -> ShardEmbeddings:
         """Load one partition, validating it; bad vectors become status rows."""
         meta_path = self.meta_path(stem)
+        own = self.info(stem) is not None
         try:
             raw = pq.read_table(meta_path)
             image = np.load(self.img_path(stem)).astype(np.float32)
@@ -162,45 +229,75 @@ class EmbeddingCache:
             raise InputError(
                 f"embedding partition {stem}: image dim {image.shape[1]} != text dim {text.shape[1]}"
             )
-        meta = _standard_meta(raw, stem)
+        meta = _standard_meta(raw, stem, own)
         meta, image, text = _flag_bad_vectors(meta, image, text)
         return ShardEmbeddings(stem=stem, meta=meta, image=image, text=text)
 
 
-def _standard_meta(raw: pa.Table, stem: str) -> pa.Table:
-    """Give clip-retrieval metadata nclean's key/shard/index/uid/status/error."""
+def _standard_meta(raw: pa.Table, stem: str, own: bool) -> pa.Table:
+    """nclean's key/shard/index/uid/status/error (+ label) for one partition.
+
+    ``own``: the partition carries nclean's marker, so its columns are
+    nclean's. Otherwise they are another tool's (clip-retrieval copies
+    img2dataset's ``key``, ``status`` = ``"success"``, ... into its
+    metadata) and only identify samples: nclean's columns are derived.
+    """
     n = len(raw)
     cols = raw.column_names
 
     def col(name, default):
-        return raw.column(name) if name in cols else pa.array(default)
+        return raw.column(name) if own and name in cols else pa.array(default)
 
-    if "key" in cols:
-        key = raw.column("key").cast(pa.string())
-    elif "image_path" in cols:
-        key = raw.column("image_path").cast(pa.string())
-    else:
-        key = pa.array([str(i) for i in range(n)], pa.string())
+    key_from = "key" if own else "image_path"
+    if key_from not in cols:
+        key_from = next((c for c in ("key", "image_path") if c in cols), None)
+    key = (
+        raw.column(key_from).cast(pa.string())
+        if key_from
+        else pa.array([str(i) for i in range(n)], pa.string())
+    )
+    uid = raw.column("uid") if "uid" in cols else pa.array([None] * n)
     out = {
         "key": key,
         "shard": col("shard", [stem] * n).cast(pa.string()),
         "index": col("index", np.arange(n, dtype=np.int64)).cast(pa.int64()),
-        "uid": col("uid", [None] * n).cast(pa.string()),
+        "uid": uid.cast(pa.string()),
         "status": col("status", ["ok"] * n).cast(pa.string()),
         "error": col("error", [None] * n).cast(pa.string()),
     }
-    if "label" in cols:
-        out["label"] = raw.column("label").cast(pa.int64())
+    label = raw.column("label") if "label" in cols else None
+    if label is not None and (own or pa.types.is_integer(label.type)):
+        out["label"] = label.cast(pa.int64())
     return pa.table(out)
+
+
+def _stat(path: Path):
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        raise InputError(f"embedding partition is incomplete: {path} is missing") from None
+
+
+def good_vectors(image: np.ndarray, text: np.ndarray) -> np.ndarray:
+    """True per row where both vectors are finite and not zero (read in blocks,
+    so memory-mapped float16 arrays are never copied whole)."""
+    out = np.empty(len(image), dtype=bool)
+    for lo in range(0, len(image), _CHUNK):
+        good = np.ones(min(_CHUNK, len(image) - lo), dtype=bool)
+        for arr in (image, text):
+            block = np.asarray(arr[lo : lo + _CHUNK], dtype=np.float32)
+            finite = np.isfinite(block).all(1)
+            norm = np.linalg.norm(np.where(np.isfinite(block), block, 0), axis=1)
+            good &= finite & (norm >= 1e-6)
+        out[lo : lo + _CHUNK] = good
+    return out
 
 
 def _flag_bad_vectors(meta: pa.Table, image: np.ndarray, text: np.ndarray):
     status = np.asarray(meta.column("status").to_pylist(), dtype=object)
     ok = status == "ok"
     finite = np.isfinite(image).all(1) & np.isfinite(text).all(1)
-    inorm = np.linalg.norm(np.where(np.isfinite(image), image, 0), axis=1)
-    tnorm = np.linalg.norm(np.where(np.isfinite(text), text, 0), axis=1)
-    bad = ok & (~finite | (inorm < 1e-6) | (tnorm < 1e-6))
+    bad = ok & ~good_vectors(image, text)
     if bad.any():
         status = status.copy()
         status[bad] = "bad_embedding"
@@ -222,6 +319,41 @@ def _flag_bad_vectors(meta: pa.Table, image: np.ndarray, text: np.ndarray):
     return meta, image, text
 
 
+def sample_join(cache: EmbeddingCache, stems: list[str]) -> tuple[str, str | None]:
+    """How a sidecar scored from these partitions finds its samples in the
+    shards, and a warning when it cannot do so unambiguously.
+
+    ``"shard_key"`` when every partition is nclean's (its shard column names
+    the tar); otherwise the shard is unknown (a clip-retrieval partition
+    spans shards), so ``"key"`` when keys are unique across the folder, else
+    ``"uid"`` when uids are, else ``"key"`` with a warning naming repeated
+    keys (a lookup of one of them is then an error).
+    """
+    if all(cache.info(stem) is not None for stem in stems):
+        return "shard_key", None
+    metas = [cache.read_meta(stem) for stem in stems]
+    keys = pa.chunked_array([m.column("key") for m in metas], pa.string())
+    if not (repeated := repeated_values(keys)):
+        return "key", None
+    uids = pa.chunked_array([m.column("uid") for m in metas], pa.string())
+    if uids.null_count == 0 and not repeated_values(uids):
+        return "uid", None
+    shown = ", ".join(repr(k) for k in repeated[:SHOWN])
+    return "key", (
+        f"keys repeat in {cache.root} ({shown}) and there are no unique uids: "
+        "the sidecar cannot tell those samples apart when joined to shards"
+    )
+
+
+def repeated_values(values: pa.ChunkedArray | pa.Array) -> list:
+    """Values that occur more than once (a null counts as repeated if any row lacks one)."""
+    if values.null_count:
+        return [None]
+    counts = pc.value_counts(values)
+    many = counts.filter(pc.greater(counts.field("counts"), 1))
+    return many.field("values").to_pylist()
+
+
 def validate_dir(root: str | Path) -> EmbeddingCache:
     cache = EmbeddingCache(root)
     if not Path(root).is_dir():
@@ -230,4 +362,6 @@ def validate_dir(root: str | Path) -> EmbeddingCache:
         raise InputError(
             f"{root} holds no metadata/metadata_*.parquet: not an nclean or clip-retrieval embedding folder"
         )
+    for stem in cache.stems():
+        cache.info(stem)  # a metadata file that is not Parquet: exit 3 naming it, up front
     return cache

@@ -6,6 +6,16 @@ pyarrow's ``index_in``, the shard-name rule that turns a path, URL or
 shard the streaming stages use, and the :class:`SidecarMismatchError`
 messages with counts.
 
+Which of the three identifies a sample is the sidecar's ``join`` (in its
+``nclean`` metadata, written by ``nclean score``): ``"shard_key"`` when the
+sidecar's ``shard`` column names the tars (scored from shards, or from
+``nclean embed`` output), ``"key"`` or ``"uid"`` when it was scored from
+another tool's embeddings (clip-retrieval), whose partitions span shards,
+so the shard is unknown but keys (img2dataset's embed the shard id) or
+DataComp uids are unique across the dataset. A sidecar without ``join``
+(older nclean) joins by ``(shard, key)``. A key that could be either of two
+samples is an :class:`AmbiguousKeyError` naming the keys, never a guess.
+
 A module of its own so that :class:`~cleaner.train.verdicts.Verdicts`, the
 webdataset stages and the map-style helpers share one matching rule and one
 error wording without importing each other.
@@ -27,8 +37,53 @@ OPT_OUT_HINT = "on_missing='drop' or 'zero' opts out"  # the CLI swaps in its ow
 SHOWN = 5  # how many shard names an error message lists
 
 
+JOINS = {"shard_key": "(shard, key)", "key": "key", "uid": "uid"}
+
+
 class SidecarMismatchError(NcleanError, LookupError):
     """Samples have no row in the sidecar (wrong sidecar, or other shards)."""
+
+
+class AmbiguousKeyError(SidecarMismatchError, ValueError):
+    """A sample's key names more than one sample (in the sidecar or the shards)."""
+
+
+def join_of(metas: list[dict], sources: list[str]) -> str:
+    """The one join rule of the sidecars loaded together (ValueError if they differ)."""
+    joins = [m.get("join", "shard_key") for m in metas] or ["shard_key"]
+    unknown = [j for j in joins if j not in JOINS]
+    if unknown:
+        raise ValueError(f"sidecar join {unknown[0]!r} is not one of {', '.join(JOINS)}")
+    if len(set(joins)) > 1:
+        said = "; ".join(
+            f"{src} by {JOINS[j]}" for src, j in zip(sources or ["?"] * len(joins), joins)
+        )
+        raise ValueError(f"these sidecars find their samples differently ({said}); load them apart")
+    return joins[0]
+
+
+def repeated(values) -> list:
+    """Non-null values that occur more than once."""
+    counts = pc.value_counts(pc.drop_null(values))
+    return counts.filter(pc.greater(counts.field("counts"), 1)).field("values").to_pylist()
+
+
+def ambiguous_message(keys: list, where: str, join: str) -> str:
+    shown = ", ".join(repr(k) for k in keys[:SHOWN])
+    more = f" and {len(keys) - SHOWN} more" if len(keys) > SHOWN else ""
+    what = ("uid" if join == "uid" else "key") + ("s are" if len(keys) > 1 else " is")
+    return (
+        f"{len(keys)} {what} ambiguous, {where}: {shown}{more}; "
+        f"this sidecar finds samples by {JOINS[join]} alone, so they cannot be told apart"
+    )
+
+
+def check_query_unique(shard_arr: pa.Array, id_arr: pa.Array, join: str) -> None:
+    """AmbiguousKeyError if one id is asked for from more than one shard."""
+    pairs = pa.table({"s": shard_arr, "k": id_arr}).group_by(["s", "k"]).aggregate([])
+    clash = repeated(pairs.column("k"))
+    if clash:
+        raise AmbiguousKeyError(ambiguous_message(clash, "each is in more than one shard", join))
 
 
 _TAR_TOKEN = re.compile(r"[^\s'\"]+?\.(?:tar\.gz|tgz|tar)(?=$|[\s'\"?#])")
@@ -156,3 +211,79 @@ def pairs_mismatch_message(
         f"{int(missing.sum())} of {len(missing)} {what} have no row in the sidecar "
         f"(shards: {', '.join(parts)}{more}); is it the sidecar of these shards? " + OPT_OUT_HINT
     )
+
+
+class KeyIndex(dict):
+    """key -> row over the whole sidecar, for the streaming stages of a
+    sidecar that joins by key: a repeated key is an error, not the last row."""
+
+    def __init__(self, rows: dict, ambiguous: set, join: str):
+        super().__init__(rows)
+        self.ambiguous, self.join = ambiguous, join
+
+    def get(self, key, default=None):
+        if key in self.ambiguous:
+            raise AmbiguousKeyError(
+                ambiguous_message([key], "it has several rows in the sidecar", self.join)
+            )
+        return super().get(key, default)
+
+
+class IdIndex:
+    """Rows by the one column that identifies a sample (``key`` or ``uid``)
+    for a sidecar whose ``join`` is not ``(shard, key)``."""
+
+    def __init__(self, table: pa.Table, join: str):
+        self.join = join
+        column = table.column("key" if join == "key" else "uid")
+        self.values_rev = reversed_values(column)
+        self.ambiguous = set(repeated(column))
+        self._dict: KeyIndex | None = None
+
+    def rows(self, shard_arr: pa.Array, id_arr: pa.Array) -> np.ndarray:
+        """Row per sample (-1: none); AmbiguousKeyError when one id is asked
+        for from two shards or has several rows in the sidecar."""
+        check_query_unique(shard_arr, id_arr, self.join)
+        rows = find_last(id_arr, self.values_rev)
+        if self.ambiguous:
+            found = pc.unique(id_arr.filter(pa.array(rows >= 0))).to_pylist()
+            clash = [v for v in found if v in self.ambiguous]
+            if clash:
+                where = "each has several rows in the sidecar"
+                raise AmbiguousKeyError(ambiguous_message(clash, where, self.join))
+        return rows
+
+    def as_dict(self) -> KeyIndex:
+        """key -> (last) row, built once, for the streaming stages."""
+        if self.join != "key":
+            raise ValueError(
+                "this sidecar finds its samples by uid (keys repeat across the shards it was "
+                "scored from), but the webdataset stages match by __key__; look rows up with "
+                "Verdicts.lookup(shards, keys, uids=...) instead"
+            )
+        if self._dict is None:
+            keys = reversed_values(self.values_rev).to_pylist()
+            self._dict = KeyIndex(
+                {k: i for i, k in enumerate(keys) if k is not None}, self.ambiguous, self.join
+            )
+        return self._dict
+
+
+def align_ids(join: str, side_shards, side_keys, shards, keys) -> tuple[list, list]:
+    """(an id per sidecar row, an id per sample) for aligning a sidecar held
+    in memory to decoded samples (the trainer's join), by ``join``."""
+    if join == "uid":
+        raise SidecarMismatchError(
+            "this sidecar finds its samples by uid (keys repeat across the shards it was scored "
+            "from), but nclean train matches samples by key; filter the shards with it first "
+            "(nclean filter) or score the shards themselves"
+        )
+    if join == "shard_key":
+        return list(zip(side_shards, side_keys)), list(zip(shards, keys))
+    key_arr = as_str_array(keys, "keys")
+    check_query_unique(as_str_array(shards, "shards"), key_arr, join)
+    clash = set(repeated(as_str_array(side_keys, "keys"))) & set(key_arr.to_pylist())
+    if clash:
+        where = "each has several rows in the sidecar"
+        raise AmbiguousKeyError(ambiguous_message(sorted(clash), where, join))
+    return list(side_keys), key_arr.to_pylist()

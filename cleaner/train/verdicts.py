@@ -27,12 +27,14 @@ from cleaner.io.sidecar import read_sidecar
 from cleaner.train.expressions import evaluate_table
 from cleaner.train.lookup import (
     OPT_OUT_HINT,
+    IdIndex,
     SidecarMismatchError,
     as_str_array,
     check_keys_unambiguous,
     check_on_missing,
     find_last,
     group_by_shard,
+    join_of,
     normalise_shards,
     pairs_mismatch_message,
     reversed_values,
@@ -72,6 +74,9 @@ class Verdicts:
         self.table = table
         self.metadata = list(metadata or [])
         self.sources = list(sources or [])
+        # what identifies a sample: "shard_key", "key" or "uid" (cleaner.train.lookup)
+        self.join = join_of(self.metadata, self.sources)
+        self._ids: IdIndex | None = None
         self._pairs_rev: pa.Array | None = None
         self._uids_rev: pa.Array | None = None
         self._keys_rev: pa.Array | None = None
@@ -204,8 +209,9 @@ class Verdicts:
 
     # -- lookups -------------------------------------------------------------
 
-    def lookup(self, shards, keys, on_missing: str = "error") -> np.ndarray:
-        """Row of each (shard, key) pair.
+    def lookup(self, shards, keys, on_missing: str = "error", uids=None) -> np.ndarray:
+        """Row of each sample, by the sidecar's :attr:`join`: its (shard, key)
+        pair, its key alone, or its uid (``uids``, one per sample).
 
         Parameters
         ----------
@@ -225,15 +231,22 @@ class Verdicts:
         key_arr = as_str_array(keys, "keys")
         if len(shard_arr) != len(key_arr):
             raise ValueError(f"{len(shard_arr)} shards for {len(key_arr)} keys")
-        if self._pairs_rev is None:
-            pairs = pc.binary_join_element_wise(
-                self.table.column("shard"), self.table.column("key"), "\x00"
-            )
-            self._pairs_rev = reversed_values(pairs)
-        query = pc.binary_join_element_wise(shard_arr, key_arr, "\x00")
-        rows = find_last(query, self._pairs_rev)
-        if on_missing == "error" and (rows < 0).any():
+        if self.join != "shard_key":
+            if self.join == "uid" and uids is None:
+                raise ValueError("this sidecar finds its samples by uid: pass uids=")
+            ids = key_arr if self.join == "key" else as_str_array(uids, "uids")
+            rows = self._id_index().rows(shard_arr, ids)
+            known = set(pc.unique(shard_arr).to_pylist())  # a shard name is not a join key here
+        else:
+            if self._pairs_rev is None:
+                pairs = pc.binary_join_element_wise(
+                    self.table.column("shard"), self.table.column("key"), "\x00"
+                )
+                self._pairs_rev = reversed_values(pairs)
+            query = pc.binary_join_element_wise(shard_arr, key_arr, "\x00")
+            rows = find_last(query, self._pairs_rev)
             known = set(self._shard_groups()[0])
+        if on_missing == "error" and (rows < 0).any():
             raise SidecarMismatchError(
                 pairs_mismatch_message(rows < 0, shard_arr, known, "samples")
             )
@@ -276,6 +289,11 @@ class Verdicts:
             )
         return rows
 
+    def _id_index(self) -> IdIndex:
+        if self._ids is None:
+            self._ids = IdIndex(self.table, self.join)
+        return self._ids
+
     # -- per-shard index for streaming --------------------------------------
 
     def _shard_groups(self) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
@@ -294,7 +312,10 @@ class Verdicts:
 
     def shard_index(self, shard: str) -> dict[str, int] | None:
         """key -> row for one shard (the last row for a repeated key), or None
-        if the sidecar has no rows for it. A few shards are cached."""
+        if the sidecar has no rows for it. A few shards are cached. A sidecar
+        that joins by key gives every shard one index over all its keys."""
+        if self.join != "shard_key":
+            return self._id_index().as_dict()
         cached = self._shard_cache.get(shard)
         if cached is not None:
             return cached
@@ -312,9 +333,8 @@ class Verdicts:
     def __getstate__(self):
         # caches are rebuilt on demand (DataLoader workers pickle the stages)
         state = self.__dict__.copy()
-        state.update(
-            _pairs_rev=None, _uids_rev=None, _keys_rev=None, _by_shard=None, _shard_cache={}
-        )
+        cleared = ("_pairs_rev", "_uids_rev", "_keys_rev", "_by_shard", "_ids")
+        state.update(dict.fromkeys(cleared), _shard_cache={})
         return state
 
 
@@ -333,7 +353,10 @@ def _read_sidecars(paths: list[Path], want: list[str] | None) -> tuple[list, lis
             if absent:
                 raise ValueError(f"sidecar {path} has no column(s) {', '.join(absent)}")
         table, meta = read_sidecar(path, columns=want)
-        for name in pc.unique(table.column("shard")).to_pylist():
+        # by key or uid, a shard column holds embedding partitions, which
+        # other sidecars may share; a key in two of them is caught at lookup
+        by_shard = meta.get("join", "shard_key") == "shard_key"
+        for name in pc.unique(table.column("shard")).to_pylist() if by_shard else []:
             if name in owner:
                 raise ValueError(
                     f"shard {name} has rows in both {owner[name]} and {path}; give each shard's sidecar once"
