@@ -18,6 +18,8 @@ HERE = Path(__file__).resolve().parent
 # order: cheap and foundational first
 BENCHMARKS = [
     "bench_scoring.py",
+    "bench_index.py",
+    "bench_match.py",
     "bench_clipcleaner.py",
     "bench_embed.py",
     "bench_memory.py",

@@ -48,6 +48,7 @@ class Match(Method):
         pa.field("match_keep", pa.bool_(), nullable=False),
     )
     fill_for_failed = {"match_keep": False}
+    keep_expr = "match_keep"
     options = (
         Option("match_score", "csls", "match: the score, csls | negclip | cosine.", type=str,
                check=_choice(("csls", "negclip", "cosine"))),
