@@ -24,9 +24,9 @@ from cleaner.io.atomic import atomic_path
 from cleaner.io.embcache import EmbeddingCache
 from cleaner.methods import catalog
 from cleaner.methods.registry import FitContext
-from cleaner.methods.sampling import sample_mask
+from cleaner.methods.sampling import base_hash, hash_order, row_sample_mask
 from cleaner.progress import progress_bar
-from pipelines.shard_view import ShardView
+from pipelines.shard_view import RowMemo, iter_views
 
 
 def bar(items, desc: str, progress: bool, unit: str = "shard"):
@@ -47,16 +47,22 @@ class JobData:
                  n_classes: int | None, progress: bool):  # fmt: skip
         self.cache, self.stems, self.ok_counts = cache, stems, ok_counts
         self.n_classes, self.progress = n_classes, progress
+        self.memo = RowMemo()  # per-shard values the methods memoise, kept across passes
 
     def views(self, desc: str, skip_empty: bool = False):
-        for pos, stem in enumerate(bar(self.stems, desc, self.progress)):
-            if skip_empty and self.ok_counts[pos] == 0:
-                continue
-            yield stem, ShardView.load(self.cache, stem, pos, self.n_classes)
+        """(stem, ShardView) of every shard, the next one read ahead."""
+        items = [(p, s) for p, s in enumerate(self.stems) if self.ok_counts[p] or not skip_empty]
+        progress = bar(range(len(items)), desc, self.progress)
+        for item in iter_views(self.cache, items, self.n_classes, self.memo):
+            yield item
+            progress.update(1)
+        progress.close()
 
     def gather_rows(self, global_rows: np.ndarray, which: str) -> np.ndarray:
         """Rows numbered over the ok rows of all shards (in order), read from
-        the memory-mapped cache one shard at a time, L2-normalised."""
+        the memory-mapped cache one shard at a time, L2-normalised. Within a
+        shard, rows are numbered in the order of their keys' hash, so a
+        seeded draw of row numbers picks the same samples in any row order."""
         offsets = np.concatenate([[0], np.cumsum(self.ok_counts)])
         order = np.argsort(global_rows, kind="stable")
         sorted_rows = global_rows[order]
@@ -64,6 +70,8 @@ class JobData:
         out = None
         for s in np.unique(shard_of):
             ok_idx = np.flatnonzero(self.cache.ok_mask(self.stems[s]))
+            keys = self.cache.read_meta(self.stems[s]).column("key")
+            ok_idx = ok_idx[hash_order(base_hash(keys)[ok_idx])]
             img, txt = self.cache.open_vectors(self.stems[s])
             sel = shard_of == s
             vals = np.asarray(
@@ -128,7 +136,7 @@ def sample_columns(scorers: dict, data: JobData, fit_sample: int, seed: int) -> 
     rate = 1.0 if total <= fit_sample else fit_sample / total
     parts: dict[str, dict[str, list]] = {name: {} for name in scorers}
     for stem, view in data.views("fit", skip_empty=True):
-        take = sample_mask(len(view.pairs), rate, seed, stem)
+        take = row_sample_mask(view.pairs, rate, seed, "fit-sample")  # by key: order-free
         for name, scorer in scorers.items():
             cols = catalog.get(name).sample_columns(scorer, view.pairs, seed_key=stem)
             for col, values in cols.items():

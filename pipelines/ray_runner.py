@@ -7,8 +7,11 @@
 - *fit* and *index*: on the driver, from the cache (as locally).
 - *transform*: one Ray task per shard; the fitted parameters are JSON and
   the neighbour indexes are shipped once through the object store
-  (:class:`cleaner.methods.neighbors.NeighborIndex` pickles its faiss index as
-  bytes). Each task writes its part atomically, named as locally.
+  (:class:`cleaner.methods.neighbors.NeighborIndex` pickles as numpy arrays
+  and rebuilds its faiss objects on arrival). Each task writes its part
+  atomically, named as locally, and runs its scorers on one thread (the task
+  holds one CPU). Searches are batch-independent, so a task searching one
+  shard gets the hits the local engine gets searching several at once.
 
 Per-shard results are computed by the very functions the local engine
 calls, so parts are identical (the tests compare them).
@@ -90,6 +93,8 @@ def _transform_remote(ray):
     def transform(
         cache_root, stem, pos, params, state_dir, indexes, methods, metadata, n_classes, part_path
     ):
+        # one CPU per task: the scorers' thread pools use one thread, not all cores
+        os.environ["NCLEAN_THREADS"] = "1"
         from cleaner.io.embcache import EmbeddingCache
         from cleaner.io.sidecar import atomic_write_table
         from pipelines.fit_stage import restore_scorers

@@ -26,9 +26,10 @@ from cleaner.errors import ConfigError, InputError, NothingScoredError
 from cleaner.io import schema as S
 from cleaner.io.atomic import write_json
 from cleaner.io.decode import SampleSpec
-from cleaner.io.embcache import validate_dir
+from cleaner.io.embcache import sample_join, validate_dir
 from cleaner.io.shards import expand_shards, shard_stem
 from cleaner.methods import catalog
+from cleaner.methods.thresholds import check_settings as check_thresholds
 from pipelines import resume
 from pipelines.embed_job import (
     EmbedReport,
@@ -43,6 +44,7 @@ from pipelines.layout import OutputLayout
 from pipelines.score_report import (
     Phases,
     ScoreSummary,
+    keep_counts,
     nothing_usable_message,
     warn_missing_uids,
     warn_negative_beta,
@@ -64,9 +66,13 @@ class ScoreSettings:
     beta_source: str = "noise"  # noise | shuffled
     beta_samples: int | None = None  # K; None = the source's default
     beta: float | None = None  # set by hand: skips estimation
+    # paper: the published constants; auto: mapped from the calibrated cosine
+    # (cleaner.methods.thresholds)
+    thresholds: str = "paper"
     seed: int = 0
     fit_sample: int = 1_000_000  # rows used for global fits; all rows when fewer
-    exact_threshold: int = 200_000  # faiss: exact search up to this many pool rows, IVF above
+    exact_threshold: int = 4096  # exact neighbour search up to this many pool rows, IVF above
+    pool_size: int = 65_536  # neighbour pools: a seeded sample of at most this many rows
     # method options by name (declared in cleaner.methods.<name>.method);
     # missing ones take their declared defaults when the job starts
     options: dict = field(default_factory=dict)
@@ -99,8 +105,13 @@ class ScoreJob:
 def run_score(job: ScoreJob) -> ScoreSummary:
     """Run the whole job; return what happened. Raises NcleanError subclasses
     for configuration problems and when nothing at all could be scored."""
-    n_classes = _prepare(job)
     layout = OutputLayout.from_out(job.out)
+    with layout.held():  # the --out lock that layout.prepare() takes, released however it ends
+        return _run_score(job, layout)
+
+
+def _run_score(job: ScoreJob, layout: OutputLayout) -> ScoreSummary:
+    n_classes = _prepare(job)
     summary = ScoreSummary(
         parts_dir=str(layout.parts_dir), merged=str(layout.merged) if layout.merged else None
     )
@@ -111,6 +122,10 @@ def run_score(job: ScoreJob) -> ScoreSummary:
     fit = fit_stage(job, layout, data, paths, summary)
     scorers = restore_scorers(fit["scorers"], layout.state_dir)
     meta = base_metadata(job, fit)
+    # how readers find each row's sample in the shards (cleaner.train.lookup)
+    meta["join"], join_warning = sample_join(data.cache, data.stems)
+    if join_warning:
+        log(f"warning: {join_warning}")
     todo = parts_to_do(layout, data.stems, meta["fit_id"], job.overwrite)
     summary.parts_skipped = len(data.stems) - len(todo)
     if todo:
@@ -161,7 +176,12 @@ def _check_settings(job: ScoreJob) -> None:
         raise ConfigError("give shards, or --embeddings DIR, but not both")
     if st.fit_sample < 2:
         raise ConfigError("--fit-sample must be at least 2")
-    if "osa" in st.methods and job.embeddings is not None and st.beta is None:
+    if st.pool_size < 1 or st.exact_threshold < 0:
+        raise ConfigError("--pool-size must be at least 1 and --exact-threshold at least 0")
+    if (err := check_thresholds(st, job.beta_source_explicit)) is not None:
+        raise ConfigError(err)
+    auto = st.thresholds == "auto"  # OSA's beta comes from the data: no model needed
+    if "osa" in st.methods and job.embeddings is not None and st.beta is None and not auto:
         if st.beta_source == "noise":
             raise ConfigError(
                 "--beta-source noise needs the model, which --embeddings input does not load; "
@@ -319,6 +339,7 @@ def transform_stage(job, layout, data, todo, scorers, pools, fit, meta, summary)
 def merge_stage(layout, data: JobData, meta: dict, summary: ScoreSummary, embed_report) -> None:
     parts = [layout.part_path(s) for s in data.stems]
     summary.status_counts = status_counts(parts)
+    summary.kept = keep_counts(parts, meta["methods"], meta["params"])
     summary.rows = sum(summary.status_counts.values())
     for stem, warns in embed_report.warnings.items():
         summary.shard_warnings[stem] = warns

@@ -1,14 +1,26 @@
 """What the score job tells its caller: the summary, phase timings, and the
-warnings and messages that explain a run (kept out of the stage code)."""
+warnings and messages that explain a run (kept out of the stage code).
+
+The verdict at the end of ``nclean score``: each method's share of kept rows,
+counted from the parts with the method's own keep rule (``keep_expr`` in its
+declaration, the expression ``nclean filter --where`` takes), and the noise
+rate estimated by the label-free calibrations the fit ran (``match``'s, and
+the raw cosine's that OSA and ``--thresholds auto`` use).
+"""
 
 from __future__ import annotations
 
+import ast
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from cleaner.methods import catalog
+from cleaner.train.expressions import evaluate_table
 from pipelines.fit_stage import log
 
 
@@ -25,6 +37,8 @@ class ScoreSummary:
     parts_dir: str = ""
     fit: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    # method -> {"where": keep rule, "kept": rows kept, "ok": scorable rows}
+    kept: dict[str, dict] = field(default_factory=dict)
 
 
 class Phases:
@@ -69,13 +83,81 @@ def nothing_usable_message(job, cache, stems: list[str]) -> str:
 
 
 def warn_negative_beta(fit: dict) -> None:
+    """Say (on every run, a resumed one too) where OSA's paper cubic misranks
+    pairs on this data: beta < 0, rows past the peak d = 2/3."""
+    osa = (fit.get("scorers") or {}).get("osa") or {}
+    paper = osa.get("form", "paper") == "paper"
     beta = (fit.get("beta") or {}).get("value")
-    if beta is not None and beta < 0:
+    if beta is not None and beta < 0 and paper:
         log(
             f"warning: beta = {beta:.4f} < 0: OSA's cubic gives the best matches "
             f"(cosine > {1 + beta:.4f}) weight 0 and clean pairs less weight; "
             "to keep pairs by OSA's own rule filter on cosine > beta, not osa_weight > 0"
         )
+    past = (osa.get("assumptions") or {}).get("share_past_peak") or 0.0
+    if paper and past > 0:
+        log(
+            f"warning: OSA: {100 * past:.1f}% of sampled rows have d = cosine - beta > 2/3, "
+            "past the cubic's peak, where osa_weight falls as the cosine rises (clean pairs "
+            "weigh less than noisier ones); --thresholds auto keeps the weight monotone"
+        )
+
+
+def _names(expr: str) -> set[str]:
+    return {n.id for n in ast.walk(ast.parse(expr, mode="eval")) if isinstance(n, ast.Name)}
+
+
+def keep_counts(parts, methods: list[str], params: dict) -> dict[str, dict]:
+    """Rows each method keeps, by its declared keep rule, read from the parts
+    (what a reader of the sidecar will count); ok rows only."""
+    rules = {m: catalog.get(m).keep_where(params.get(m) or {}) for m in methods}
+    rules = {m: r for m, r in rules.items() if r}
+    columns = sorted({"status"}.union(*(_names(r) for r in rules.values())))
+    kept, ok = dict.fromkeys(rules, 0), 0
+    for part in parts:
+        table = pq.read_table(part, columns=columns)
+        is_ok = pc.fill_null(pc.equal(table.column("status"), "ok"), False).to_numpy(
+            zero_copy_only=False
+        )
+        ok += int(is_ok.sum())
+        for m, rule in rules.items():
+            kept[m] += int(np.count_nonzero(evaluate_table(table, rule, True) & is_ok))
+    return {m: {"where": rules[m], "kept": kept[m], "ok": ok} for m in rules}
+
+
+def noise_estimates(fit: dict) -> list[tuple[str, float]]:
+    """(what, estimated noise share) from every label-free calibration the fit ran."""
+    scorers = fit.get("scorers") or {}
+    out = []
+    pi = ((scorers.get("match") or {}).get("fit") or {}).get("pi")
+    if pi is not None:
+        score = ((scorers["match"].get("settings")) or {}).get("score", "?")
+        out.append((f"match ({score} score vs shuffled pairs)", float(pi)))
+    for name in ("osa", "sdd"):
+        p = scorers.get(name) or {}
+        cal = p.get("calibration") or (p.get("thresholds") or {}).get("calibration")
+        if cal and cal.get("pi") is not None:
+            out.append(("raw cosine vs shuffled pairs", float(cal["pi"])))
+            break  # OSA's and SDD's are the same calibration
+    return out
+
+
+def verdict_lines(summary: ScoreSummary) -> list[str]:
+    """The end of ``nclean score``: kept share per method, estimated noise rate."""
+    lines = []
+    if summary.kept:
+        mode = (summary.fit.get("settings") or {}).get("thresholds", "paper")
+        lines.append(f"kept (share of ok rows; thresholds {mode}):")
+        width = max(len(m) for m in summary.kept)
+        for m, k in summary.kept.items():
+            share = f"{100 * k['kept'] / k['ok']:5.1f}%" if k["ok"] else "    -"
+            lines.append(f"  {m:{width}s} {share}  {k['kept']} of {k['ok']}  ({k['where']})")
+    estimates = noise_estimates(summary.fit)
+    for what, pi in estimates:
+        lines.append(f"estimated noise rate: {100 * pi:.1f}% ({what})")
+    if not estimates and summary.kept:
+        lines.append("estimated noise rate: - (estimated by osa, match or --thresholds auto)")
+    return lines
 
 
 def warn_missing_uids(job, cache, stems: list[str]) -> str | None:

@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 
 from cleaner.io.sidecar import atomic_write_table, build_part, merge_parts, part_is_valid
 from cleaner.methods import catalog
-from pipelines.shard_view import ShardView
+from pipelines.search_ahead import answer_ahead, groups
+from pipelines.shard_view import ShardView, iter_views
 
 
 def transform_shard(
@@ -43,11 +44,17 @@ def parts_to_do(layout, stems: list[str], fit_id: str, overwrite: bool) -> list[
 
 
 def transform_local(todo, data, scorers, pools, methods, base_meta, layout, on_done) -> None:
-    for pos, stem in todo:
-        view = ShardView.load(data.cache, stem, pos, data.n_classes)
-        table = transform_shard(view, stem, scorers, pools, methods, {**base_meta, "shard": stem})
-        atomic_write_table(table, layout.part_path(stem))
-        on_done(stem)
+    """Each part in turn, the next shard read while this one is scored; the
+    neighbour searches of a few shards run together (:mod:`pipelines.search_ahead`)."""
+    views = iter_views(data.cache, todo, data.n_classes, data.memo)
+    for group in groups(views):
+        answered = answer_ahead(group, scorers, pools, methods) if pools else pools
+        for stem, view in group:
+            meta = {**base_meta, "shard": stem}
+            table = transform_shard(view, stem, scorers, answered, methods, meta)
+            atomic_write_table(table, layout.part_path(stem))
+            on_done(stem)
+        del group, answered  # the group's views: memory is one group's
 
 
 def status_counts(parts) -> dict[str, int]:

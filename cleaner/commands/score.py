@@ -53,9 +53,11 @@ def _static_params() -> list[tuple[str, object, object]]:
         ("beta_source", str, opt("noise", "--beta-source", help="OSA beta from 'noise' (K noise images x K random token sequences; needs the model) or 'shuffled' (K real mismatched pairs).", rich_help_panel=METHODS)),
         ("beta_samples", int | None, opt(None, "--beta-samples", help="K for the beta estimate [default: 64 for noise, 10000 for shuffled].", rich_help_panel=METHODS)),
         ("beta", float | None, opt(None, "--beta", help="Set beta by hand (cosine units); skips estimation.", rich_help_panel=METHODS)),
+        ("thresholds", str, opt("paper", "--thresholds", help="paper: the published constants (OSA's beta estimate, SDD's alpha/beta_c); auto: mapped from the data's cosine calibrated against shuffled pairs, so they mean on any estimator what they mean on CLIP (see docs/methods.md).", rich_help_panel=METHODS)),
         ("seed", int, opt(0, "--seed", help="Seed for every random choice (beta sampling, fit samples, batches).", rich_help_panel=METHODS)),
         ("fit_sample", int, opt(1_000_000, "--fit-sample", help="Rows used for global fits (GMMs); a seeded uniform sample when there are more.", rich_help_panel=FIT)),
-        ("exact_threshold", int, opt(200_000, "--exact-threshold", help="Nearest neighbours: exact faiss search up to this many pool rows, IVF above (recall logged).", rich_help_panel=FIT)),
+        ("exact_threshold", int, opt(4096, "--exact-threshold", help="Nearest neighbours: exact search up to this many pool rows, inverted lists above (nprobe tuned to recall@1 >= 0.95, recall recorded).", rich_help_panel=FIT)),
+        ("pool_size", int, opt(65_536, "--pool-size", help="Neighbour pools (SDD clean set, SPS reliable set): a seeded uniform sample of at most this many qualifying rows (by sample key; recorded in the metadata).", rich_help_panel=FIT)),
         ("out", Path, opt(..., "--out", "-o", help="Output folder of per-shard parts, or a .parquet file (parts go to <name>.parts/ and are merged).", rich_help_panel=OUTPUT)),
         ("cache", Path | None, opt(None, "--cache", help="Embedding cache folder [default: <out>/_nclean/embeddings].", rich_help_panel=OUTPUT)),
         ("engine", str, opt("local", "--engine", help="local (this machine) or ray (one task per shard on a Ray cluster).", rich_help_panel=OUTPUT)),
@@ -116,10 +118,14 @@ def _job(ctx: typer.Context, p: dict):
     if not p["shards"] and not p["embeddings"]:
         raise ConfigError("give shards to score, or --embeddings DIR")
     options = _method_options(ctx, p, methods)
+    by_hand = [o for o in ("sdd_alpha", "sdd_beta_c") if o in options and _given(ctx, o)]
+    if p["thresholds"] == "auto" and by_hand:  # auto would silently replace them
+        flags = " and ".join("--" + o.replace("_", "-") for o in by_hand)
+        raise ConfigError(f"{flags}: set by hand, or mapped by --thresholds auto; give one of them")
     settings = ScoreSettings(
         methods=methods, beta_source=p["beta_source"], beta_samples=p["beta_samples"],
         beta=p["beta"], seed=p["seed"], fit_sample=p["fit_sample"],
-        exact_threshold=p["exact_threshold"], options=options,
+        exact_threshold=p["exact_threshold"], pool_size=p["pool_size"], options=options, thresholds=p["thresholds"],
     )  # fmt: skip
     return ScoreJob(
         out=str(p["out"]),
@@ -170,6 +176,10 @@ def _print_summary(summary) -> None:
     if summary.merged:
         unchanged = "" if summary.merged_written else " (unchanged)"
         print(f"sidecar: {summary.merged}{unchanged}", file=err)
+    from pipelines.score_report import verdict_lines
+
+    for line in verdict_lines(summary):  # last: the verdict a user reads first
+        print(line, file=err)
 
 
 class PanelCommand(TyperCommand):

@@ -9,6 +9,12 @@ The fit runs once (on all rows, or on a seeded sample) with scikit-learn;
 the posterior is then recomputed here in numpy from the stored, JSON-able
 parameters. That way a per-shard transform needs no pickled sklearn object,
 and a resumed job reproduces the same posteriors from the same parameters.
+
+The fit sees its values *sorted*: sklearn's k-means initialisation draws
+its starting points by position, so the same values in another order could
+land on another solution (at small N that flipped which rows SPS calls
+reliable). Sorted, the fit depends only on the values, never on the order
+of the rows they came from.
 """
 
 from __future__ import annotations
@@ -74,7 +80,7 @@ def fit_gmm_1d(
         - ``settings``: the ``max_iter``, ``tol``, ``reg_covar`` and
           ``random_state`` used.
     """
-    col = _as_column(x)
+    col = np.sort(_as_column(x), axis=0)  # order-free: see the module doc
     gmm = _fit_sklearn(col, max_iter, tol, reg_covar, random_state)
     return {
         "weights": [float(w) for w in gmm.weights_.reshape(-1)],

@@ -1,9 +1,8 @@
-"""Nearest-neighbour search over a reference set, streamed in shard by shard.
+"""Nearest-neighbour search over a reference pool.
 
 SDD's memory bank (nearest clean pair by image and by text) and SPS's proxy
 points (nearest reliable image) are both a top-1 inner-product search over
-L2-normalised embeddings, with the query sample itself excluded. The
-reference set is built by streaming shards into a :class:`NeighborIndex`:
+L2-normalised embeddings, with the query sample itself excluded:
 
     index = NeighborIndex(dim=512)
     for shard in shards:
@@ -12,26 +11,28 @@ reference set is built by streaming shards into a :class:`NeighborIndex`:
     index.finalize()
     keys, scores, row_ids = index.search(queries, query_row_ids, k=1)
 
-Index kinds
------------
-- ``flat``: exact ``IndexFlatIP`` while the index holds at most
-  ``exact_threshold`` vectors.
-- ``ivf``: ``IndexIVFFlat`` (inner-product metric) past the threshold.
-  Vectors are staged in the flat index until the threshold is crossed and
-  there are enough of them to train the coarse quantiser; the staged
-  vectors are then moved into the IVF index and every later chunk goes
-  straight there. Memory therefore stays that of the index itself (plus a
-  transient copy of the staged part at the switch); Python only keeps the
-  key, row-id and payload arrays.
+The pipeline bounds every pool first (:mod:`cleaner.methods.pools`: a
+seeded sample of at most ``pool_size`` rows), so an index holds at most a
+few hundred thousand vectors while the queries grow with the data.
 
-How ``nlist``, the training sample and ``nprobe`` are chosen is described
-in :mod:`cleaner.methods.neighbors_ivf`, which builds the IVF index and
-checks its recall; the self-excluding search itself is in
-:mod:`cleaner.methods.neighbors_search`. This module keeps the index's
-incremental build state and its public face.
+Index kinds (chosen at :meth:`NeighborIndex.finalize`)
+------------------------------------------------------
+- ``flat``: exact search (faiss ``IndexFlatIP``) while the pool holds at
+  most ``exact_threshold`` vectors.
+- ``ivf``: inverted lists past the threshold (k-means cells, see
+  :mod:`cleaner.methods.neighbors_ivf`), searched on the CPU by grouping
+  the queries of a batch by list and comparing each list with its queries
+  in one matrix product (:mod:`cleaner.methods.neighbors_grouped`). Its
+  ``nprobe`` is tuned to a recall target on the job's own rows by the
+  pipeline (:meth:`NeighborIndex.tune`), and the recall@1 against exact
+  search is measured and recorded (:meth:`describe`).
 
-A GPU copy of the finished index is used for search when faiss sees a GPU
-(``faiss.get_num_gpus() > 0``); any failure there falls back to the CPU.
+When faiss sees a GPU (the ``gpu`` extra, ``faiss-gpu``), the k-means runs
+there and the search goes to a faiss GPU copy of the index (``IndexFlatIP``
+or an ``IndexIVFFlat`` with the same centroids); any failure there falls
+back to the CPU. Either way the returned hits go through
+:func:`cleaner.methods.neighbors_search.rescore`, so keys and scores do not
+depend on how queries are batched.
 """
 
 from __future__ import annotations
@@ -39,55 +40,49 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
+from cleaner.methods.neighbors_grouped import ListedVectors
 from cleaner.methods.neighbors_ivf import (
     MIN_POINTS_PER_CENTROID,
-    build_ivf,
     default_nlist,
     default_nprobe,
-    recall_against_exact,
-    switch_nlist,
+    plan_nlist,
+    recall_at_k,
+    train_lists,
+    tune_nprobe,
 )
 from cleaner.methods.neighbors_search import (
     as_query_row_ids,
+    gpu_available,
+    gpu_search_index,
     normalised,
+    rescore,
     resolve,
     search_positions,
-    to_gpu_if_available,
 )
 
 __all__ = ["MIN_POINTS_PER_CENTROID", "NeighborIndex", "default_nlist", "default_nprobe"]
 
 
 class NeighborIndex:
-    """Top-k inner-product search with self-exclusion, built incrementally.
+    """Top-k inner-product search with self-exclusion over a reference pool.
 
     Parameters
     ----------
     dim : int
         Embedding dimension.
     exact_threshold : int, default=200_000
-        Largest number of vectors searched exactly (``IndexFlatIP``); past
-        it the index becomes an ``IndexIVFFlat``.
+        Largest pool searched exactly; past it the index is an IVF.
     expected_n : int or None, default=None
-        Final number of vectors, when known in advance. Only used to size
-        ``nlist`` (and hence how many vectors to stage before training).
-    nlist : int or None, default=None
-        Number of IVF lists; ``None`` applies ``4 * sqrt(N)`` (see module doc).
-    nprobe : int or None, default=None
-        Lists scanned per query; ``None`` applies :func:`default_nprobe`.
+        Final number of vectors when known in advance (sizes ``nlist``).
+    nlist, nprobe : int or None, default=None
+        IVF lists and lists scanned per query; ``None`` applies
+        :func:`default_nlist` / :func:`default_nprobe`.
     train_points_per_centroid : int, default=64
         Size of the k-means training sample, per list.
     seed : int, default=0
-        Seed of the training sample and of faiss's k-means.
+        Seed of the training sample and of the k-means.
     use_gpu : bool or None, default=None
         ``None`` uses a GPU when faiss sees one; ``False`` never does.
-
-    Attributes
-    ----------
-    kind : str
-        ``'flat'`` or ``'ivf'``.
-    ntotal : int
-        Number of vectors added.
     """
 
     def __init__(
@@ -110,58 +105,40 @@ class NeighborIndex:
         self.train_points_per_centroid = int(train_points_per_centroid)
         self.seed = int(seed)
         self.use_gpu = use_gpu
-
         self.kind = "flat"
         self.nlist: int | None = None
         self.nprobe: int | None = None
         self.n_train: int | None = None
-        self.recall: dict[str, float] = {}
-        self._index = faiss.IndexFlatIP(self.dim)
-        self._quantizer: faiss.Index | None = None
-        self._search_index: faiss.Index | None = None
-        self._gpu_resources = None
+        self.recall: dict = {}
         self._finalized = False
-
-        # Per-row metadata arrive in chunks and are joined at finalize().
+        self._chunks: list[np.ndarray] = []
         self._key_chunks: list[np.ndarray] = []
         self._rid_chunks: list[np.ndarray] = []
         self._payload_chunks: list[np.ndarray] | None = None
+        self._n = 0
+        self.vectors = np.empty((0, self.dim), dtype=np.float32)
         self.keys = np.empty(0, dtype=object)
         self.row_ids = np.empty(0, dtype=np.int64)
         self.payload: np.ndarray | None = None
+        self._lists: ListedVectors | None = None
         self._rid_order: np.ndarray | None = None
+        self._faiss = None  # exact CPU index (flat kind), built at finalize
+        self._gpu = None  # (gpu index, resources) when searching on a GPU
 
     # ------------------------------------------------------------------ build
 
     @property
     def ntotal(self) -> int:
-        return int(self._index.ntotal)
+        return int(self._n)
 
     def __len__(self) -> int:
         return self.ntotal
 
-    def add(
-        self,
-        vectors: np.ndarray,
-        row_ids: np.ndarray,
-        keys: np.ndarray,
-        payload: np.ndarray | None = None,
-    ) -> None:
-        """Add one chunk of reference vectors.
-
-        Parameters
-        ----------
-        vectors : np.ndarray
-            (n, dim) embeddings; normalised again here.
-        row_ids : np.ndarray
-            (n,) int64 job-wide row ids, used to exclude a query's own row.
-        keys : np.ndarray
-            (n,) sample keys (strings) returned by :meth:`search`.
-        payload : np.ndarray or None, default=None
-            (n,) float values carried per row (e.g. SPS's predicted match
-            probability of a reliable pair), read back with
-            :meth:`payload_for`. Give it with every chunk or with none.
-        """
+    def add(self, vectors, row_ids, keys, payload=None) -> None:
+        """Add one chunk: (n, dim) vectors (normalised here), (n,) int64
+        job-wide row ids (to exclude a query's own row), (n,) keys returned
+        by :meth:`search`, and optionally (n,) float payload values read
+        back with :meth:`payload_for` (with every chunk or with none)."""
         if self._finalized:
             raise RuntimeError("NeighborIndex.add() after finalize()")
         x = normalised(vectors, self.dim)
@@ -179,58 +156,68 @@ class NeighborIndex:
             if len(p) != n:
                 raise ValueError(f"{n} vectors but {len(p)} payload values")
             self._payload_chunks.append(p)
+        self._chunks.append(x)
         self._key_chunks.append(k)
         self._rid_chunks.append(rids)
-        if n:
-            self._index.add(x)
-            self._maybe_switch_to_ivf(force=False)
+        self._n += n
 
-    def _maybe_switch_to_ivf(self, force: bool) -> None:
-        """Turn the staged flat index into an IVF index once it is worth it."""
-        n = self.ntotal
-        if self.kind != "flat" or n <= self.exact_threshold:
-            return
-        nlist = switch_nlist(n, self.expected_n, self._nlist_setting, force)
-        if nlist is not None:
-            self._build_ivf(nlist)
-
-    def _build_ivf(self, nlist: int) -> None:
-        ivf, quantizer, n_train = build_ivf(
-            self._index, self.dim, nlist, self.seed, self.train_points_per_centroid
-        )
-        self._quantizer = quantizer  # the IVF index does not own it
-        self._index = ivf
-        self.kind = "ivf"
-        self.nlist = int(nlist)
-        self.n_train = n_train
-        self.nprobe = int(min(nlist, self._nprobe_setting or default_nprobe(nlist)))
-        ivf.nprobe = self.nprobe
+    @classmethod
+    def build(cls, dim: int, vectors: np.ndarray, row_ids, keys, payload=None, **settings):
+        """A finalized index over one block of rows. Takes ``vectors`` over
+        ((n, dim) float32, normalised in place): no copy of a large pool."""
+        index = cls(dim, **settings)
+        x = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, index.dim)
+        if len(x):
+            faiss.normalize_L2(x)
+        index._chunks = [x]
+        index._key_chunks = [np.asarray(keys, dtype=object).reshape(-1)]
+        index._rid_chunks = [np.asarray(row_ids, dtype=np.int64).reshape(-1)]
+        if payload is not None:
+            index._payload_chunks = [np.asarray(payload, dtype=np.float32).reshape(-1)]
+        index._n = len(x)
+        return index.finalize()
 
     def finalize(self) -> NeighborIndex:
-        """Finish building: switch to IVF if past the threshold, join metadata.
-
-        Called by :meth:`search` if not called before. No :meth:`add` after it.
-        """
+        """Finish building (exact or IVF by size). No :meth:`add` after it;
+        :meth:`search` calls it if needed."""
         if self._finalized:
             return self
-        self._maybe_switch_to_ivf(force=True)
-        self.keys = (
-            np.concatenate(self._key_chunks) if self._key_chunks else np.empty(0, dtype=object)
+        x = (
+            (self._chunks[0] if len(self._chunks) == 1 else np.concatenate(self._chunks))
+            if self._chunks
+            else self.vectors
         )
-        self.row_ids = (
-            np.concatenate(self._rid_chunks) if self._rid_chunks else np.empty(0, dtype=np.int64)
-        )
+        keys = np.concatenate(self._key_chunks) if self._key_chunks else self.keys
+        rids = np.concatenate(self._rid_chunks) if self._rid_chunks else self.row_ids
+        payload = None
         if self._payload_chunks is not None:
-            self.payload = (
-                np.concatenate(self._payload_chunks)
-                if self._payload_chunks
-                else np.empty(0, dtype=np.float32)
+            payload = np.concatenate(self._payload_chunks).astype(np.float32)
+        self._chunks, self._key_chunks, self._rid_chunks, self._payload_chunks = [], [], [], None
+        if len(x) > self.exact_threshold:
+            nlist = plan_nlist(len(x), self.expected_n, self._nlist_setting)
+            centroids, assign, order, self.n_train = train_lists(
+                x, nlist, self.seed, self.train_points_per_centroid, gpu=self._want_gpu()
             )
-        self._key_chunks, self._rid_chunks, self._payload_chunks = [], [], None
+            x, keys, rids = x[order], keys[order], rids[order]
+            payload = None if payload is None else payload[order]
+            bounds = np.searchsorted(assign[order], np.arange(nlist + 1))
+            self._lists = ListedVectors(x, bounds, centroids)
+            self.kind, self.nlist = "ivf", int(nlist)
+            self.nprobe = int(min(nlist, self._nprobe_setting or default_nprobe(nlist)))
+        self.vectors, self.keys, self.row_ids, self.payload = x, keys, rids, payload
         self._rid_order = np.argsort(self.row_ids, kind="stable")
-        self._search_index = self._to_gpu_if_available(self._index)
         self._finalized = True
+        self._prepare_search()
         return self
+
+    def _want_gpu(self) -> bool:
+        return self.use_gpu is not False and gpu_available()
+
+    def _prepare_search(self) -> None:
+        if self.kind == "flat" and self.ntotal:
+            self._faiss = faiss.IndexFlatIP(self.dim)
+            self._faiss.add(self.vectors)
+        self._gpu = gpu_search_index(self) if self._want_gpu() and self.ntotal else None
 
     # -- pickling (Ray ships a finalized index to transform tasks) ----------
 
@@ -238,77 +225,65 @@ class NeighborIndex:
         if not self._finalized:
             raise RuntimeError("only a finalized NeighborIndex can be pickled")
         state = self.__dict__.copy()
-        # faiss objects are SWIG pointers: ship the CPU index as bytes; the
-        # IVF index carries its own copy of the quantizer when serialised.
-        state["_index"] = faiss.serialize_index(self._index)
-        state["_quantizer"] = None
-        state["_search_index"] = None
-        state["_gpu_resources"] = None
+        state["_faiss"] = None  # faiss objects are SWIG pointers: rebuilt on arrival
+        state["_gpu"] = None
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._index = faiss.deserialize_index(state["_index"])
-        if self.kind == "ivf":
-            faiss.extract_index_ivf(self._index).nprobe = self.nprobe
-        self._search_index = self._to_gpu_if_available(self._index)
-
-    def _to_gpu_if_available(self, index: faiss.Index) -> faiss.Index:
-        nprobe = self.nprobe if self.kind == "ivf" else None
-        search_index, self._gpu_resources = to_gpu_if_available(index, self.use_gpu, nprobe)
-        return search_index
+        self._prepare_search()
 
     # ----------------------------------------------------------------- search
 
-    def search(
-        self,
-        queries: np.ndarray,
-        query_row_ids: np.ndarray | None,
-        k: int = 1,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _self_positions(self, qrids: np.ndarray) -> np.ndarray:
+        """Position of each query's own row in the index, -1 when absent."""
+        if not self.ntotal:
+            return np.full(len(qrids), -1, dtype=np.int64)
+        sorted_rids = self.row_ids[self._rid_order]
+        at = np.clip(np.searchsorted(sorted_rids, qrids), 0, len(sorted_rids) - 1)
+        return np.where(sorted_rids[at] == qrids, self._rid_order[at], -1)
+
+    def candidates(self, q: np.ndarray, qrids: np.ndarray, kk: int, nprobe: int | None = None):
+        """(positions, approximate scores) of each query's ``kk`` best non-self hits."""
+        if self._gpu is not None:
+            try:
+                return self._gpu(q, qrids, kk, nprobe or self.nprobe)
+            except RuntimeError:  # out of GPU memory and the like: the CPU does it
+                self._gpu = None
+        if self.kind == "flat":
+            pos, sc = search_positions(self._faiss, self.row_ids, q, qrids, kk)
+            return pos, np.where(pos >= 0, sc, -np.inf).astype(np.float32)
+        return self._lists.search(q, self._self_positions(qrids), nprobe or self.nprobe, kk)
+
+    def search(self, queries, query_row_ids, k: int = 1, exact_scores: bool = True):
         """The k nearest indexed rows of each query, its own row excluded.
 
-        Parameters
-        ----------
-        queries : np.ndarray
-            (m, dim) query embeddings; normalised here.
-        query_row_ids : np.ndarray or None
-            (m,) row id of each query; an indexed row with the same id is
-            never returned for it. ``None`` disables the exclusion.
-        k : int, default=1
-            Number of neighbours per query.
-
-        Returns
-        -------
-        keys : np.ndarray
-            (m, k) object array of neighbour keys, ``None`` where fewer than
-            k neighbours exist.
-        scores : np.ndarray
-            (m, k) float32 cosine similarities, NaN where missing.
-        row_ids : np.ndarray
-            (m, k) int64 neighbour row ids, -1 where missing.
+        ``queries``: (m, dim), normalised here; ``query_row_ids``: (m,) row id
+        of each query (``None`` disables the exclusion). Returns (m, k) keys
+        (None where missing), float32 cosines (NaN where missing) and int64
+        row ids (-1 where missing). ``exact_scores=False`` skips recomputing
+        the scores of unambiguous hits (faster when only keys are used).
         """
+        pos, sc, _ = self.positions(queries, query_row_ids, k, exact_scores)
+        return resolve(pos, sc, self.keys, self.row_ids)
+
+    def positions(self, queries, query_row_ids, k=1, exact_scores=True, owned=False):
+        """:meth:`search` as (positions in the index (-1 = none), scores,
+        the normalised queries); ``owned``: the queries may be normalised in place."""
         self.finalize()
-        q = normalised(queries, self.dim)
+        q = normalised(queries, self.dim, copy=not owned)
         qrids = as_query_row_ids(query_row_ids, len(q))
         if len(qrids) != len(q):
             raise ValueError(f"{len(q)} queries but {len(qrids)} query row ids")
-        pos, scores = search_positions(self._search_index, self.row_ids, q, qrids, k)
-        return resolve(pos, scores, self.keys, self.row_ids)
+        if not self.ntotal or not len(q):
+            pos, sc = np.full((len(q), k), -1, np.int64), np.full((len(q), k), np.nan, np.float32)
+        else:
+            pos, sc = self.candidates(q, qrids, k + 1)
+            pos, sc = rescore(self.vectors, q, pos, sc, k, scores=exact_scores)
+        return pos, sc, q
 
     def payload_for(self, row_ids: np.ndarray) -> np.ndarray:
-        """Payload values of indexed rows, by row id (NaN for -1 or unknown).
-
-        Parameters
-        ----------
-        row_ids : np.ndarray
-            Row ids as returned by :meth:`search` (any shape).
-
-        Returns
-        -------
-        payload : np.ndarray
-            float32 array of the same shape.
-        """
+        """Payload values of indexed rows by row id (NaN for -1 or unknown)."""
         self.finalize()
         if self.payload is None:
             raise ValueError("this index was built without a payload")
@@ -324,57 +299,43 @@ class NeighborIndex:
 
     # ------------------------------------------------------------ diagnostics
 
-    def measure_recall(
-        self,
-        sample_queries: np.ndarray,
-        k: int = 1,
-        query_row_ids: np.ndarray | None = None,
-    ) -> float:
-        """Recall@k of the approximate search against brute force, on a sample.
+    def _top1(self, q, qrids, nprobe):
+        return rescore(self.vectors, q, *self.candidates(q, qrids, 2, nprobe), 1)
 
-        Brute force is the same IVF index scanning all of its lists
-        (``nprobe = nlist``), which for ``IndexIVFFlat`` is an exact search;
-        it runs on the CPU copy.
-
-        Parameters
-        ----------
-        sample_queries : np.ndarray
-            (m, dim) query embeddings, e.g. a seeded sample of the rows that
-            will be searched.
-        k : int, default=1
-            Neighbours compared per query.
-        query_row_ids : np.ndarray or None, default=None
-            Row ids of the queries, to exclude self-hits in both searches
-            (without it, queries drawn from the index find themselves and
-            the recall is inflated).
-
-        Returns
-        -------
-        recall : float
-            Mean over queries of |approx top-k ∩ exact top-k| / k; 1.0 for
-            the exact flat index. Also stored as ``recall_at_{k}`` in
-            :meth:`describe`.
-        """
+    def measure_recall(self, sample_queries, k: int = 1, query_row_ids=None) -> float:
+        """Recall@k against exact search (this index scanning every list) on
+        a sample of queries, their own rows excluded; 1.0 for the flat kind.
+        Stored as ``recall_at_{k}`` in :meth:`describe`."""
         self.finalize()
         if self.kind == "flat" or self.ntotal == 0:
             recall = 1.0
         else:
             q = normalised(sample_queries, self.dim)
             qrids = as_query_row_ids(query_row_ids, len(q))
-            recall = recall_against_exact(
-                self._search_index, self._index, self.row_ids, q, qrids, k
-            )
+            approx = rescore(self.vectors, q, *self.candidates(q, qrids, k + 1), k)
+            exact = rescore(self.vectors, q, *self.candidates(q, qrids, k + 1, self.nlist), k)
+            recall = recall_at_k(approx[0], exact[0], exact[1], approx[1], k)
         self.recall[f"recall_at_{k}"] = recall
         return recall
 
+    def tune(self, queries, query_row_ids, target: float = 0.95) -> int:
+        """Set nprobe to the smallest that reaches ``target`` recall@1 on half
+        of these queries and record the recall on the other half (IVF only)."""
+        self.finalize()
+        if self.kind == "flat" or self.ntotal == 0 or not len(queries):
+            return self.nprobe or 0
+        q = normalised(queries, self.dim)
+        qrids = as_query_row_ids(query_row_ids, len(q))
+        nprobe, self.recall = tune_nprobe(
+            self._top1, lambda a, b: self._top1(a, b, self.nlist), q, qrids, self.nlist, target
+        )
+        self.set_nprobe(nprobe)
+        return self.nprobe
+
     def set_nprobe(self, nprobe: int) -> None:
-        """Change the number of lists scanned (IVF only), e.g. after tuning."""
-        if self.kind != "ivf":
-            return
-        self.nprobe = int(min(max(1, nprobe), self.nlist))
-        self._index.nprobe = self.nprobe
-        if self._search_index is not None and self._search_index is not self._index:
-            self._search_index.nprobe = self.nprobe
+        """Change the number of lists scanned (IVF only)."""
+        if self.kind == "ivf":
+            self.nprobe = int(min(max(1, nprobe), self.nlist))
 
     def describe(self) -> dict:
         """JSON-able summary: kind, size, IVF settings and measured recall."""
@@ -388,6 +349,6 @@ class NeighborIndex:
             "n_train": self.n_train,
             "recall_at_1": self.recall.get("recall_at_1", 1.0 if self.kind == "flat" else None),
             **{key: v for key, v in self.recall.items() if key != "recall_at_1"},
-            "gpu": self._search_index is not None and self._search_index is not self._index,
+            "search": "gpu" if self._gpu is not None else ("exact" if self.kind == "flat" else "grouped"),
             "has_payload": self.payload is not None or self._payload_chunks is not None,
         }

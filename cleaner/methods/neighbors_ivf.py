@@ -1,24 +1,27 @@
-"""The approximate side of :class:`cleaner.methods.neighbors.NeighborIndex`: IVF sizing, build, recall.
-
-An index past its exact threshold becomes a faiss ``IndexIVFFlat``; when to
-switch, how many lists, how the coarse quantiser is trained and how well the
-result agrees with exact search are decisions of their own, made once per
-index, so they live here rather than in the incremental index class.
+"""The approximate side of :class:`cleaner.methods.neighbors.NeighborIndex`:
+IVF sizing, the inverted lists, recall against exact search and the
+nprobe that reaches a recall target.
 
 IVF settings
 ------------
-- ``nlist = round(4 * sqrt(N))`` with N = ``max(expected_n, vectors added
-  so far)`` -- the usual faiss rule of thumb. Pass ``expected_n`` when the
-  final size is known; otherwise N is the size at the switch and the lists
-  grow longer afterwards (slower search, not lower recall). ``nlist`` is
-  capped so that every centroid gets at least 39 training points (faiss's
-  own minimum).
-- Training sample: ``train_points_per_centroid * nlist`` staged vectors
-  drawn with ``seed`` (all of them if fewer), spherical k-means (centroids
-  renormalised, the right choice for inner product on the unit sphere).
-- ``nprobe``: see :func:`default_nprobe`. :meth:`NeighborIndex.measure_recall`
-  checks recall on a sample (:func:`recall_against_exact`) and records the
-  result in :meth:`NeighborIndex.describe`.
+- ``nlist = round(sqrt(N) / 2)`` -- fewer, longer lists than faiss's usual
+  ``4 * sqrt(N)``, because lists are compared with their queries by matrix
+  products (:mod:`cleaner.methods.neighbors_grouped`), where a longer list
+  costs little more per query and a finer partition needs a larger nprobe
+  for the same recall; capped so that every centroid gets at least 39
+  training points (faiss's own minimum). Measured on a 2^16 x 512 pool of
+  the scoring benchmark's mixture: nlist 128 reached recall@1 0.976 at
+  nprobe 2 for 45 us of CPU per query, nlist 256 needed nprobe 4 (57 us),
+  nlist 64 with nprobe 2 0.982 at 43 us.
+- Training: spherical k-means (faiss, 20 iterations, ``seed``) on a seeded
+  sample of at most ``train_points_per_centroid * nlist`` pool vectors
+  (64 per centroid by default, never the whole pool when it is bigger;
+  faiss subsamples to 256 per centroid anyway). The pool vectors are then
+  assigned to their nearest centroid and stored sorted by list.
+- ``nprobe``: :func:`default_nprobe` unless given; the pipeline instead
+  tunes it on the job's own rows with :func:`tune_nprobe` -- the smallest
+  nprobe whose recall@1 on one half of a seeded query sample reaches the
+  target (plus a margin), with the recall reported on the other half.
 """
 
 from __future__ import annotations
@@ -28,94 +31,81 @@ import math
 import faiss
 import numpy as np
 
-from cleaner.methods.neighbors_search import search_positions
-
 # faiss warns below 39 training points per centroid; we never go below it.
 MIN_POINTS_PER_CENTROID = 39
-# Chunk size (rows) used when moving staged vectors into the IVF index.
-MOVE_CHUNK = 65_536
+NPROBE_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+KMEANS_ITER = 20
 
 
 def default_nlist(n: int) -> int:
-    """The ``4 * sqrt(n)`` rule for the number of IVF lists (at least 1)."""
-    return max(1, int(round(4.0 * math.sqrt(max(n, 1)))))
+    """``round(sqrt(n) / 2)`` lists (at least 1; see the module doc)."""
+    return max(1, int(round(0.5 * math.sqrt(max(n, 1)))))
 
 
 def default_nprobe(nlist: int) -> int:
-    """Lists scanned per query: ``ceil(sqrt(nlist))``, at most ``nlist``.
-
-    Measured on 100k clustered 512-d vectors (nlist 1265): recall@1 against
-    exact search 1.0 at 2*sqrt (72 lists), 0.9998 at sqrt (36), 0.987 at
-    sqrt/2 (18), 0.75 at 8 (benchmarks/nprobe_sweep.py); search time halves
-    with each halving. sqrt keeps recall well above the 0.95 we require at
-    half the cost; every job measures and records its own recall anyway."""
+    """Lists scanned per query when not tuned: ``ceil(sqrt(nlist))``, at most ``nlist``."""
     return max(1, min(nlist, math.ceil(math.sqrt(nlist))))
 
 
-def switch_nlist(
-    n: int, expected_n: int | None, nlist_setting: int | None, force: bool
-) -> int | None:
-    """nlist to build an IVF index with from ``n`` staged vectors, or None to keep staging.
-
-    Staging goes on until the quantiser can be trained for the planned
-    nlist (or the expected size is reached); ``force`` (finalize) builds now.
-    """
+def plan_nlist(n: int, expected_n: int | None, nlist_setting: int | None) -> int:
+    """The nlist to build ``n`` vectors with (at least 39 training points per list)."""
     planned = nlist_setting or default_nlist(max(expected_n or 0, n))
-    needed = min(max(expected_n or 0, n), MIN_POINTS_PER_CENTROID * planned)
-    if n < needed and not force:
-        return None
     return max(1, min(planned, n // MIN_POINTS_PER_CENTROID))
 
 
-def build_ivf(
-    flat: faiss.IndexFlatIP, dim: int, nlist: int, seed: int, train_points_per_centroid: int
-) -> tuple[faiss.IndexIVFFlat, faiss.IndexFlatIP, int]:
-    """An ``IndexIVFFlat`` holding ``flat``'s vectors: (ivf, its quantizer, n_train).
-
-    The caller must keep the quantizer alive: the IVF index does not own it.
-    """
-    n = flat.ntotal
-    # Zero-copy view of the flat index's storage.
-    staged = faiss.rev_swig_ptr(flat.get_xb(), n * dim).reshape(n, dim)
+def train_lists(
+    x: np.ndarray, nlist: int, seed: int, train_points_per_centroid: int, gpu: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(centroids, list of each vector, order sorting vectors by list, n_train)."""
+    n, dim = x.shape
     rng = np.random.default_rng(seed)
     n_train = min(n, train_points_per_centroid * nlist)
     sample = np.sort(rng.choice(n, size=n_train, replace=False))
-    train = np.ascontiguousarray(staged[sample])
+    kmeans = faiss.Kmeans(
+        dim, nlist, niter=KMEANS_ITER, seed=seed, spherical=True, verbose=False,
+        max_points_per_centroid=256, min_points_per_centroid=1, gpu=gpu,
+    )  # fmt: skip
+    kmeans.train(np.ascontiguousarray(x[sample]))
+    centroids = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
+    assign = np.empty(n, dtype=np.int64)
+    step = 65_536
+    for s in range(0, n, step):  # blocks: bounded (block x nlist) similarities
+        assign[s : s + step] = (x[s : s + step] @ centroids.T).argmax(axis=1)
+    order = np.argsort(assign, kind="stable")
+    return centroids, assign, order, int(n_train)
 
-    quantizer = faiss.IndexFlatIP(dim)
-    ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    ivf.cp.seed = seed
-    ivf.cp.spherical = True
-    ivf.train(train)
-    del train
-    for start in range(0, n, MOVE_CHUNK):
-        ivf.add(np.ascontiguousarray(staged[start : start + MOVE_CHUNK]))
-    del staged
-    return ivf, quantizer, int(n_train)
+
+def recall_at_k(approx: np.ndarray, exact_pos: np.ndarray, exact_sc: np.ndarray,
+                approx_sc: np.ndarray, k: int) -> float:  # fmt: skip
+    """Mean |approx top-k ∩ exact top-k| / k; a hit that ties the exact
+    k-th score (within 1e-6) counts, as another row equally near is no miss."""
+    if not len(approx):
+        return float("nan")
+    hits = 0
+    for a, e, asc, esc in zip(approx, exact_pos, approx_sc, exact_sc, strict=True):
+        want = set(e[e >= 0].tolist())
+        floor = np.nanmin(esc) if np.isfinite(esc).any() else np.inf
+        hits += sum(1 for p, s in zip(a, asc, strict=True)
+                    if p >= 0 and (p in want or s >= floor - 1e-6))  # fmt: skip
+    return hits / (k * len(approx))
 
 
-def recall_against_exact(
-    search_index: faiss.Index,
-    cpu_ivf: faiss.IndexIVFFlat,
-    row_ids: np.ndarray,
-    q: np.ndarray,
-    qrids: np.ndarray,
-    k: int,
-) -> float:
-    """Mean |approx top-k ∩ exact top-k| / k over the queries ``q`` (NaN if none).
-
-    Exact is ``cpu_ivf`` scanning all of its lists (``nprobe = nlist``),
-    which for ``IndexIVFFlat`` is an exact search; its nprobe is restored.
-    """
-    approx, _ = search_positions(search_index, row_ids, q, qrids, k)
-    nprobe = cpu_ivf.nprobe
-    cpu_ivf.nprobe = cpu_ivf.nlist
-    try:
-        exact, _ = search_positions(cpu_ivf, row_ids, q, qrids, k)
-    finally:
-        cpu_ivf.nprobe = nprobe
-    hits = [
-        len(set(a[a >= 0].tolist()) & set(e[e >= 0].tolist()))
-        for a, e in zip(approx, exact, strict=True)
-    ]
-    return float(np.mean(hits) / k) if len(q) else float("nan")
+def tune_nprobe(search, exact, q: np.ndarray, qrids: np.ndarray, nlist: int,
+                target: float, margin: float = 0.02) -> tuple[int, dict]:  # fmt: skip
+    """Smallest nprobe (of :data:`NPROBE_STEPS`, then nlist) with recall@1 >=
+    target + margin on the first half of the queries; recall reported on the
+    second half. ``search(q, qrids, nprobe)`` and ``exact(q, qrids)`` return
+    (positions, scores) of the top 1."""
+    half = len(q) // 2
+    tune, check = slice(0, half), slice(half, len(q))
+    ex_pos, ex_sc = exact(q, qrids)
+    chosen, tuned = nlist, float("nan")
+    for nprobe in [p for p in NPROBE_STEPS if p < nlist] + [nlist]:
+        pos, sc = search(q[tune], qrids[tune], nprobe)
+        tuned = recall_at_k(pos, ex_pos[tune], ex_sc[tune], sc, 1)
+        if tuned >= target + margin or nprobe == nlist:
+            chosen = nprobe
+            break
+    pos, sc = search(q[check], qrids[check], chosen)
+    recall = recall_at_k(pos, ex_pos[check], ex_sc[check], sc, 1)
+    return chosen, {"recall_at_1": recall, "recall_tune": tuned, "recall_queries": len(q) - half}

@@ -96,6 +96,10 @@ class Method:
     # fits on the shared seeded sample of per-row values (sample_columns)
     samples_rows: bool = False
     summary: str = ""  # one line for --help
+    # The method's keep verdict as an ``nclean filter --where`` expression
+    # over its columns ({name} fields filled from the fitted params by
+    # keep_where): the score summary, the report and the demo count with it.
+    keep_expr: str = ""
 
     # -- settings ---------------------------------------------------------
     def check_options(self, options: dict) -> None:
@@ -136,6 +140,14 @@ class Method:
         """For each pool, ``(mask, payload or None)`` over the rows of ``pairs``."""
         return {}
 
+    def queries(self, scorer, pairs, seed_key: str) -> dict[str, np.ndarray]:
+        """For each pool :meth:`transform` searches (top-1, with vectors of the
+        pool's modality): a bool mask of the rows it searches with. A hint: the
+        pipeline may search those rows ahead, several shards at once, and
+        :meth:`transform` then gets the answers (any other search still runs).
+        Default: every row searches every pool of the method."""
+        return {name: np.ones(len(pairs), dtype=bool) for name in self.pools(scorer)}
+
     # -- transform -----------------------------------------------------------
     def transform(self, scorer, pairs, pools: dict, seed_key: str) -> dict[str, np.ndarray]:
         """Columns for the ``ok`` rows of one shard."""
@@ -144,6 +156,11 @@ class Method:
     def metadata(self, params: dict) -> dict:
         """The fitted parameters as every part's metadata carries them."""
         return params
+
+    def keep_where(self, params: dict) -> str | None:
+        """``keep_expr`` for a fitted job (``params`` as :meth:`metadata`
+        gives them), or None when the method has no keep verdict."""
+        return self.keep_expr or None
 
 
 def options_of(methods) -> dict[str, Option]:

@@ -36,6 +36,7 @@ SHARD_COUNTERS = {
     "sdd": [("sdd_kept", "sdd keep"), ("sdd_clean", "sdd clean set")],
     "sps": [(f"sps_{p}", f"sps {p}") for p in PARTITIONS],
     "clipcleaner": [("cc_selected", "cc selected")],
+    "match": [("match_kept", "match keep")],
 }
 
 
@@ -94,6 +95,8 @@ def _columns_for(methods: list[str]) -> list[str]:
         cols += ["sps_loss", "sps_partition"]
     if "clipcleaner" in methods:
         cols += ["label", "cc_selected", "cc_label_quality"]
+    if "match" in methods:
+        cols += ["match_keep", "match_clean_prob"]
     return cols
 
 
@@ -239,6 +242,14 @@ class _Tally:
         )
         self._keep_sample("cc_label_quality", quality, take)
         self._keep_sample("cc_selected", selected, take)
+
+    def _add_match(self, batch, ok, sid, take):
+        keep = _bool(batch.column("match_keep"))
+        prob = _float(batch.column("match_clean_prob"))
+        self._sum("match_clean_prob", prob, ok)
+        self._count("match_kept", sid, ok & keep)
+        self._keep_sample("match_clean_prob", prob, take)
+        self._keep_sample("match_keep", keep, take)
 
     def finish(self) -> None:
         cap = self.d.max_sample_rows

@@ -53,16 +53,48 @@ def _gmm_text(gmm: dict | None, unit: str, scale: float = 1.0) -> list[tuple[str
     return rows
 
 
+def _thresholds_rows(p: dict) -> list[tuple[str, str]]:
+    """How a seed method's constants were set (--thresholds) and the noise
+    share of the cosine's label-free calibration."""
+    t = p.get("thresholds") or {}
+    rows = [("thresholds", t.get("mode", "paper"))]
+    rows += [(f"{k} (auto)", t[k]) for k in ("beta", "alpha", "beta_c") if k in t]
+    cal = p.get("calibration") or t.get("calibration") or {}
+    if cal.get("pi") is not None:
+        rows.append(
+            ("estimated noise rate", f"{100 * cal['pi']:.1f}% (raw cosine vs shuffled pairs)")
+        )
+    return rows
+
+
 def osa_rows(d: ReportData) -> list[tuple[str, str]]:
-    ok = d.ok_rows
+    ok, p = d.ok_rows, d.params("osa")
     kept = d.total("osa_kept")
-    return [
+    rows = [
         ("kept (osa_weight > 0)", _share(kept, ok)),
         ("zero weight", _share(ok - kept, ok)),
         ("mean osa_weight", f"{_decimals(d.mean('osa_weight'))} (peak {OSA_PEAK:.4f})"),
         ("mean cosine", _decimals(d.mean("cosine"))),
         ("cosine p5 / p50 / p95", _quantiles(d.sample.get("cosine", np.zeros(0)))),
+        ("weight form", p.get("form", "paper")),
     ]
+    beta = (p.get("beta") or {}).get("value")
+    cos = d.sample.get("cosine", np.zeros(0))
+    if beta is not None and len(cos):  # past the cubic's peak: the weight falls as cosine rises
+        rows.append(
+            (
+                "rows with d > 2/3 (past the peak)",
+                fmt_pct(int(np.sum(cos - beta > 2 / 3)), len(cos)),
+            )
+        )
+    if (p.get("assumptions") or {}).get("note"):
+        rows.append(
+            (
+                "cubic's assumptions",
+                ("hold: " if p["assumptions"]["holds"] else "broken: ") + p["assumptions"]["note"],
+            )
+        )
+    return rows + _thresholds_rows(p)
 
 
 def sdd_rows(d: ReportData) -> list[tuple[str, str]]:
@@ -87,6 +119,7 @@ def sdd_rows(d: ReportData) -> list[tuple[str, str]]:
                 f"{fmt_count(p['fit_rows'])} of {fmt_count(p.get('fit_rows_total') or p['fit_rows'])}",
             )
         )
+    rows += _thresholds_rows(p)
     return rows + _gmm_text(p.get("gmm"), "cosine", scale)  # shown in cosine units
 
 
@@ -133,5 +166,21 @@ def clipcleaner_rows(d: ReportData) -> list[tuple[str, str]]:
     return rows
 
 
-METHOD_ROWS = {"osa": osa_rows, "sdd": sdd_rows, "sps": sps_rows, "clipcleaner": clipcleaner_rows}
-METHOD_TITLES = {"osa": "OSA", "sdd": "SDD", "sps": "SPS", "clipcleaner": "CLIPCleaner"}
+def match_rows(d: ReportData) -> list[tuple[str, str]]:
+    p = d.params("match")
+    fit, settings = p.get("fit") or {}, p.get("settings") or {}
+    rows = [(k, str(settings[k])) for k in ("score", "calibration", "keep_rule") if k in settings]
+    if "match_kept" in d.per_shard:  # tallied by cleaner.report.data
+        kept, ok = d.total("match_kept"), d.ok_rows
+        rows[:0] = [("kept (match_keep)", _share(kept, ok)), ("dropped", _share(ok - kept, ok))]
+    if fit.get("pi") is not None:
+        rows.append(("estimated noise rate", f"{100 * fit['pi']:.1f}%"))
+    if fit.get("cut") is not None:
+        rows.append(("keep cut (match_score)", _decimals(fit["cut"])))
+    return rows
+
+
+METHOD_ROWS = {"osa": osa_rows, "sdd": sdd_rows, "sps": sps_rows, "clipcleaner": clipcleaner_rows,
+               "match": match_rows}  # fmt: skip
+METHOD_TITLES = {"osa": "OSA", "sdd": "SDD", "sps": "SPS", "clipcleaner": "CLIPCleaner",
+                 "match": "match"}  # fmt: skip

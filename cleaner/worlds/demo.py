@@ -9,8 +9,10 @@
    skips this and uses random weights: the machinery runs, the verdicts sit
    at chance.
 3. Scores the shards through the same pipeline users run (the checkpoint is
-   loaded from its file), and prints the summary plus how each method's
-   verdict lines up with the planted noise.
+   loaded from its file) with OSA, SDD, SPS and ``match`` and
+   ``--thresholds auto``, and prints the summary plus how each method's keep
+   verdict (its declared ``keep_expr``, the rule the score summary counts
+   with) lines up with the planted noise.
 4. Writes the HTML report with ``--shards`` into ``out/report/`` and ends by
    pointing at its ``index.html``: shuffled captions next to their images
    make the cleaning visible, which a table of AUROCs does not.
@@ -27,10 +29,12 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cleaner.errors import ConfigError
 from cleaner.estimator.model import save_random_checkpoint
+from cleaner.io import schema as S
 from cleaner.io.atomic import write_json
 from cleaner.worlds import shapes
 
@@ -40,6 +44,10 @@ from cleaner.worlds import shapes
 SETTINGS_FILE = "settings.json"
 SETTINGS_VERSION = 1
 SHARD_SIZE = 100
+DEMO_METHODS = ("osa", "sdd", "sps", "match")
+# each method's clean score, for the AUROC column (its keep rule is its own keep_expr)
+SCORE_COLUMNS = {"osa": "cosine", "sdd": "sdd_w_con", "sps": "sps_clean_prob",
+                 "match": "match_score", "clipcleaner": "cc_label_quality"}  # fmt: skip
 
 
 def default_cache_dir() -> Path:
@@ -174,8 +182,8 @@ def run_demo(
     cache_dir: Path | None = None,
 ) -> dict:
     """Generate (or reuse) the demo shards under ``out``, score them with
-    OSA, SDD and SPS, print how each verdict lines up with the planted noise,
-    and return that report as a dict."""
+    OSA, SDD, SPS and match (``--thresholds auto``), print how each verdict
+    lines up with the planted noise, and return that report as a dict."""
     validate_demo_settings(samples, noise)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -247,7 +255,7 @@ def _score(shard_dir: Path, sidecar: Path, model: str, ckpt: Path, progress: boo
         out=str(sidecar),
         shards=[str(shard_dir)],
         estimator=EstimatorSpec(model=model, pretrained=str(ckpt), device="cpu"),
-        settings=ScoreSettings(methods=["osa", "sdd", "sps"]),
+        settings=ScoreSettings(methods=list(DEMO_METHODS), thresholds="auto"),
         workers=1,
         progress=progress,
         argv=["demo"],
@@ -255,33 +263,36 @@ def _score(shard_dir: Path, sidecar: Path, model: str, ckpt: Path, progress: boo
     return run_score(job)
 
 
-def _verdicts(scored, beta: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per method: (keep verdict, clean score) of the scored rows."""
-    return {
-        # OSA's own rule: d = cosine - beta > 0. (`osa_weight > 0` is the same
-        # only for beta >= 0: the small estimator's noise beta is negative,
-        # where the cubic is 0 beyond cosine = 1 + beta -- see README.)
-        "OSA (cosine > beta)": (scored.cosine.to_numpy() > beta, scored.cosine.to_numpy()),
-        "SDD (sdd_keep)": (scored.sdd_keep.to_numpy(bool), scored.sdd_w_con.to_numpy()),
-        "SPS (partition != noisy)": (
-            (scored.sps_partition != "noisy").to_numpy(),
-            scored.sps_clean_prob.to_numpy(),
-        ),
-    }
+def _verdicts(scored: pa.Table, meta: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per method: (keep verdict, clean score) of the scored rows, the keep
+    verdict by the method's declared rule (``keep_expr``) as ``nclean score``
+    counts it: OSA's is cosine > beta, its own noise rule."""
+    from cleaner.methods import catalog
+    from cleaner.train.expressions import evaluate_table
+
+    out = {}
+    for name in meta["methods"]:
+        rule = catalog.get(name).keep_where(meta["params"].get(name) or {})
+        if rule and name in SCORE_COLUMNS:
+            score = scored.column(SCORE_COLUMNS[name]).to_numpy(zero_copy_only=False)
+            out[f"{name} ({rule})"] = (evaluate_table(scored, rule, True), score)
+    return out
 
 
 def _report(out: Path, sidecar: Path, shard_dir: Path, summary, what: str) -> dict:
     """Compare each method's verdict with the generator's truth; print and
     return the comparison."""
-    table = pq.read_table(sidecar).to_pandas()
+    table = pq.read_table(sidecar)
     truth = _truth(shard_dir)
-    table["clean"] = table["key"].map(truth)
-    scored = table[(table.status == "ok") & table.clean.notna()]
-    clean = scored.clean.astype(bool).to_numpy()
-    verdicts = _verdicts(scored, summary.fit["beta"]["value"])
+    known = np.array([truth.get(k) for k in table.column("key").to_pylist()], dtype=object)
+    is_ok = table.column("status").to_numpy(zero_copy_only=False) == "ok"
+    rows = np.flatnonzero(is_ok & (known != None))  # noqa: E711 - elementwise
+    scored = table.take(rows)
+    clean = known[rows].astype(bool)
+    verdicts = _verdicts(scored, S.read_metadata(table.schema))
     report = {
         "sidecar": str(sidecar),
-        "rows": int(len(table)),
+        "rows": int(table.num_rows),
         "status_counts": summary.status_counts,
         "beta": summary.fit["beta"]["value"],
         "methods": {},
@@ -292,13 +303,22 @@ def _report(out: Path, sidecar: Path, shard_dir: Path, summary, what: str) -> di
         print(f"  {status:16s} {n}", file=err)
     print(f"scored with {what}", file=err)
     print(f"beta ({summary.fit['beta']['source']}): {report['beta']:.4f}", file=err)
-    print(f"{'method':28s} {'clean kept':>10s} {'noise caught':>13s} {'AUROC':>7s}", file=err)
+    from pipelines.score_report import noise_estimates
+
+    report["noise_rate"] = {what: pi for what, pi in noise_estimates(summary.fit)}
+    for what, pi in report["noise_rate"].items():
+        print(f"estimated noise rate: {100 * pi:.1f}% ({what})", file=err)
+    width = max([28, *map(len, verdicts)])
+    print(
+        f"{'method (keep rule)':{width}s} {'clean kept':>10s} {'noise caught':>13s} {'AUROC':>7s}",
+        file=err,
+    )
     for name, (keep, score) in verdicts.items():
         kept = float(keep[clean].mean()) if clean.any() else float("nan")
         caught = float((~keep[~clean]).mean()) if (~clean).any() else float("nan")
         auc = _auroc(score.astype(float), clean)
         report["methods"][name] = {"clean_kept": kept, "noise_caught": caught, "auroc": auc}
-        print(f"{name:28s} {100 * kept:9.1f}% {100 * caught:12.1f}% {auc:7.3f}", file=err)
+        print(f"{name:{width}s} {100 * kept:9.1f}% {100 * caught:12.1f}% {auc:7.3f}", file=err)
     print(
         f"(ground truth: {int((~clean).sum())} of {len(clean)} scorable pairs have a shuffled caption)",
         file=err,

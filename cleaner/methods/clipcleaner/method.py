@@ -45,6 +45,7 @@ class CLIPCleaner(Method):
         pa.field("cc_label_quality", pa.float32()),
     )
     fill_for_failed = {"cc_selected": False}
+    keep_expr = "cc_selected"
     options = (
         Option(
             "cc_classes",

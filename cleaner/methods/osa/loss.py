@@ -16,9 +16,19 @@ from cleaner.methods.contrastive import as_float_tensor, check_per_sample
 
 #: Peak of the paper's scoring function d^2 (1 - d), reached at d = 2/3.
 OSA_PEAK = 4.0 / 27.0
+#: ``paper``: the published curve; ``monotone``: held at its peak beyond it
+#: (what ``--thresholds auto`` scores with; the sidecar's params["osa"]["form"]).
+FORMS = ("paper", "monotone")
 
 
-def osa_weight_paper(cosine: Tensor, beta: float | Tensor, normalize: bool = False) -> Tensor:
+def _check_form(form: str) -> None:
+    if form not in FORMS:
+        raise ValueError(f"OSA weight form must be one of {FORMS}, not {form!r}")
+
+
+def osa_weight_paper(
+    cosine: Tensor, beta: float | Tensor, normalize: bool = False, form: str = "paper"
+) -> Tensor:
     """OSA's per-sample anti-noise weight, the paper's form (METHODS §1.2).
 
     With d = s - beta (cosine units, s the estimator's cosine of the pair):
@@ -33,10 +43,15 @@ def osa_weight_paper(cosine: Tensor, beta: float | Tensor, normalize: bool = Fal
     METHODS.md is silent on d > 1 (only reachable when beta < 0, since
     s <= 1): the cubic would turn negative there and a negative weight would
     turn the loss into gradient *ascent* on the most confident pairs, so the
-    weight is clamped at 0.
+    weight is clamped at 0. ``form="monotone"`` takes d = min(d, 2/3) instead:
+    the weight stays at the peak past it and never falls as s rises, as
+    :func:`cleaner.methods.osa.scorer.osa_weight` computes it offline.
     """
+    _check_form(form)
     s = as_float_tensor(cosine)
     d = s - as_float_tensor(beta, like=s)
+    if form == "monotone":
+        d = d.clamp_max(2.0 / 3.0)
     w = torch.where(d > 0, d * d * (1 - d), torch.zeros_like(d))
     w = w.clamp_min(0)
     if normalize:
@@ -44,7 +59,7 @@ def osa_weight_paper(cosine: Tensor, beta: float | Tensor, normalize: bool = Fal
     return w
 
 
-def osa_weight_code(cosine: Tensor, beta: float | Tensor) -> Tensor:
+def osa_weight_code(cosine: Tensor, beta: float | Tensor, form: str = "paper") -> Tensor:
     """OSA's weight in the released code's per-batch form (METHODS §1.2).
 
     With d = s - beta over the *training batch* and m = max(d):
@@ -63,7 +78,10 @@ def osa_weight_code(cosine: Tensor, beta: float | Tensor) -> Tensor:
     - Guard: a batch whose max d is <= 0 (every pair on or below the
       boundary) gets weight 0 for every sample; the released code divides
       by zero (or by a negative max) there.
+    - ``form="monotone"``: x = min(x, 1/sqrt(2)), so the weight is held at
+      its peak 0.25 and the batch's best pairs are no longer weighted down.
     """
+    _check_form(form)
     s = as_float_tensor(cosine)
     d = s - as_float_tensor(beta, like=s)
     if d.numel() == 0:
@@ -72,6 +90,8 @@ def osa_weight_code(cosine: Tensor, beta: float | Tensor) -> Tensor:
     if not bool(m > 0):
         return torch.zeros_like(d)
     x = d / m
+    if form == "monotone":
+        x = x.clamp_max(2.0**-0.5)
     w = x * x * (1 - x * x)
     return torch.where(d > 0, w, torch.zeros_like(w))
 

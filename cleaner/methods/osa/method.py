@@ -1,10 +1,15 @@
 """OSA's declaration: columns, and the fit that estimates beta.
 
 OSA has no options of its own beyond the job's beta settings
-(``--beta-source``, ``--beta-samples``, ``--beta``), which stay on
-ScoreSettings because the sidecar metadata and the report show beta on its
-own. Its fit is the beta estimate: from noise (needs the estimator) or from
-seeded mismatched pairs of the data (needs rows of the cache).
+(``--beta-source``, ``--beta-samples``, ``--beta``, ``--thresholds``), which
+stay on ScoreSettings because the sidecar metadata and the report show beta
+on its own. Its fit is the beta estimate: with ``--thresholds paper`` from
+noise (needs the estimator) or from seeded mismatched pairs of the data
+(needs rows of the cache), weighted with the paper's cubic; with ``auto`` the
+cosine's calibrated cut (:mod:`cleaner.methods.thresholds`), weighted with
+the monotone form. Either way the fit records whether the cubic's
+assumptions hold on this data (``params["assumptions"]``) and the cosine's
+label-free calibration (noise share, cut) it measured them with.
 """
 
 from __future__ import annotations
@@ -25,19 +30,46 @@ class OSA(Method):
         pa.field("osa_weight_norm", pa.float32(), nullable=False),
     )
     fill_for_failed = {"osa_weight": 0.0, "osa_weight_norm": 0.0}
+    # OSA's own noise rule (d > 0); the same as osa_weight > 0 in the monotone
+    # form, and in the paper's only while beta >= 0
+    keep_expr = "cosine > {beta}"
+
+    def keep_where(self, params: dict) -> str | None:
+        beta = (params.get("beta") or {}).get("value")
+        return None if beta is None else self.keep_expr.format(beta=repr(float(beta)))
 
     def fit(self, scorer, ctx: FitContext) -> dict:
-        beta = estimate_beta(ctx)
+        from cleaner.methods import thresholds as T
+        from cleaner.methods.beta import BetaEstimate
+
+        mode = T.mode_of(ctx.settings)
+        cal, cosines = T.fit_cosine_calibration(ctx)
+        if mode == "auto":
+            cal = T.require(cal, "osa")
+            beta = BetaEstimate(value=cal["cut"], std=0.0, se=cal["cut_se"], k=cal["n_real"],
+                                n_pairs=cal["n_null"], source="auto", seed=ctx.seed)  # fmt: skip
+            form = "monotone"
+        else:
+            beta, form = estimate_beta(ctx), "paper"
         ctx.log(
             f"beta = {beta.value:.4f} (source {beta.source}, K={beta.k}, "
             f"std {beta.std:.4f}, se {beta.se:.5f})"
         )
-        return {"beta": beta.to_dict()}
+        thresholds = {"mode": mode, "form": form}
+        if mode == "auto":
+            thresholds["beta"] = "the calibrated cut: clean and noise cosine densities cross there"
+        return {
+            "beta": beta.to_dict(),
+            "form": form,
+            "thresholds": thresholds,
+            "assumptions": T.osa_assumptions(cosines, beta.value, form),
+            "calibration": cal,
+        }
 
     def restore(self, params: dict, ctx: FitContext | None = None):
         from cleaner.methods.osa.scorer import OSAScorer
 
-        return OSAScorer.from_params(params)
+        return OSAScorer.from_params({"beta": params["beta"], "form": params.get("form", "paper")})
 
     def transform(self, scorer, pairs, pools: dict, seed_key: str) -> dict[str, np.ndarray]:
         return scorer.transform(pairs)

@@ -16,6 +16,13 @@ when beta < 0; ``cosine`` is always there for a rule of your own. The released c
 per-batch form (d divided by the batch's largest d) is a training-time
 choice and lives in :mod:`cleaner.methods.osa.loss`, not here: a sample's offline
 score must not depend on its batch.
+
+Forms (``form``): ``paper`` is the cubic above (clamped at 0). ``monotone``
+(what ``--thresholds auto`` writes) follows the cubic up to its peak at
+d = 2/3 and holds it there, w = 4/27 for d >= 2/3: the weight never falls as
+the cosine rises, so no pair is weighted below a noisier one, and
+``osa_weight > 0`` is exactly ``cosine > beta`` whatever beta is. On CLIP,
+where d stays below 2/3, the two forms give the same weights.
 """
 
 from __future__ import annotations
@@ -26,17 +33,28 @@ from cleaner.methods.base import Pairs
 from cleaner.methods.beta import BetaEstimate, shuffled_beta
 
 OSA_PEAK = 4.0 / 27.0
+PEAK_D = 2.0 / 3.0
+FORMS = ("paper", "monotone")
 
 
-def osa_weight(cosine: np.ndarray, beta: float) -> np.ndarray:
-    """The paper's weight for each cosine. float32, 0 where cosine <= beta.
+def osa_weight(cosine: np.ndarray, beta: float, form: str = "paper") -> np.ndarray:
+    """OSA's weight for each cosine (``form`` above). float32, 0 where cosine <= beta.
 
     Examples
     --------
-    >>> osa_weight(np.array([0.2, 0.2 + 2 / 3]), beta=0.2).round(4).tolist()
+    >>> osa_weight(np.array([0.2, 0.2 + 2 / 3]), beta=0.2).astype(float).round(4).tolist()
     [0.0, 0.1481]
+    >>> osa_weight(np.array([0.5, 0.9]), beta=-0.1).astype(float).round(4).tolist()
+    [0.144, 0.0]
+    >>> w = osa_weight(np.array([0.5, 0.9]), beta=-0.1, form="monotone")
+    >>> w.astype(float).round(4).tolist()
+    [0.144, 0.1481]
     """
+    if form not in FORMS:
+        raise ValueError(f"OSA weight form must be one of {FORMS}, not {form!r}")
     d = np.asarray(cosine, dtype=np.float64) - float(beta)
+    if form == "monotone":
+        d = np.minimum(d, PEAK_D)  # flat at the peak: non-decreasing in the cosine
     w = np.where(d > 0, d * d * (1.0 - d), 0.0)
     return np.maximum(w, 0.0).astype(np.float32)  # d > 1 (beta < 0): 0, never negative
 
@@ -51,16 +69,24 @@ class OSAScorer:
         data it is given -- the ``shuffled`` source; the ``noise`` source
         needs the model and is estimated by :func:`cleaner.methods.beta.noise_beta`.
     n_shuffled, seed : K and the seed for the shuffled estimate.
+    form : ``paper`` (the cubic) or ``monotone`` (held at its peak past d = 2/3).
     """
 
     name = "osa"
 
     def __init__(
-        self, beta: float | BetaEstimate | None = None, n_shuffled: int = 10_000, seed: int = 0
+        self,
+        beta: float | BetaEstimate | None = None,
+        n_shuffled: int = 10_000,
+        seed: int = 0,
+        form: str = "paper",
     ):
+        if form not in FORMS:
+            raise ValueError(f"OSA weight form must be one of {FORMS}, not {form!r}")
         self.beta = BetaEstimate.manual(beta) if isinstance(beta, (int, float)) else beta
         self.n_shuffled = n_shuffled
         self.seed = seed
+        self.form = form
 
     def fit(self, pairs: Pairs | None = None) -> OSAScorer:
         if self.beta is None:
@@ -70,16 +96,17 @@ class OSAScorer:
         return self
 
     def get_params(self) -> dict:
-        return {"beta": self.beta.to_dict() if self.beta else None}
+        return {"beta": self.beta.to_dict() if self.beta else None, "form": self.form}
 
     @classmethod
     def from_params(cls, params: dict) -> OSAScorer:
-        return cls(beta=BetaEstimate(**params["beta"]))
+        # sidecars from before the form existed were scored with the paper's cubic
+        return cls(beta=BetaEstimate(**params["beta"]), form=params.get("form", "paper"))
 
     def transform(self, pairs: Pairs) -> dict[str, np.ndarray]:
         if self.beta is None:
             raise RuntimeError("OSAScorer.transform called before fit")
-        w = osa_weight(pairs.cosine, self.beta.value)
+        w = osa_weight(pairs.cosine, self.beta.value, self.form)
         return {
             "cosine": pairs.cosine.astype(np.float32),
             "osa_weight": w,

@@ -46,7 +46,7 @@ def _nearest_keys(index: NeighborIndex | None, vectors: np.ndarray, row_ids: np.
     """Key of the nearest indexed row (self excluded), None where there is none."""
     if index is None or index.ntotal == 0:
         return np.full(len(vectors), None, dtype=object)
-    keys, _, _ = index.search(vectors, row_ids, k=1)
+    keys, _, _ = index.search(vectors, row_ids, k=1, exact_scores=False)  # keys only
     return keys[:, 0]
 
 

@@ -22,6 +22,7 @@ class SPS(Method):
     default = True
     samples_rows = True
     summary = "reliable / quasi / noisy partition, proxy partners and soft labels"
+    keep_expr = "sps_partition != 'noisy'"
     fields = (
         pa.field("sps_loss", pa.float32()),
         pa.field("sps_clean_prob", pa.float32()),
@@ -72,6 +73,7 @@ class SPS(Method):
             gamma=options["sps_gamma"],
             b=options["sps_b"],
             seed=seed,
+            batch_by="key",  # same samples, same batches, in any row order
         )
 
     def sample_columns(self, scorer, pairs, seed_key: str) -> dict[str, np.ndarray]:
@@ -95,6 +97,11 @@ class SPS(Method):
     def reference_rows(self, scorer, pairs, seed_key: str) -> dict[str, tuple]:
         m, match_prob = scorer.reference_rows(pairs, seed_key=seed_key)
         return {"sps_image": (m, match_prob)}
+
+    def queries(self, scorer, pairs, seed_key: str) -> dict[str, np.ndarray]:
+        # only noisy rows look for a proxy (losses are memoised: cheap here)
+        loss, _ = scorer.batch_stats(pairs, seed_key=seed_key)
+        return {"sps_image": scorer.partition(scorer.clean_prob(loss)) == "noisy"}
 
     def transform(self, scorer, pairs, pools: dict, seed_key: str) -> dict[str, np.ndarray]:
         return scorer.transform(pairs, pools.get("sps_image"), seed_key=seed_key)

@@ -29,8 +29,11 @@ loss batches -- and hence its losses and partition -- are the same.
 Offline definitions (the released code computes these during training)
 ----------------------------------------------------------------------
 - Loss batches are formed within the rows given (one shard), from a
-  permutation seeded by ``(seed, seed_key)``: a shard's losses do not depend
-  on other shards. The last batch may be shorter than ``batch_size``; it has
+  permutation seeded by ``(seed, seed_key)`` -- or, with ``batch_by='key'``
+  (what the pipeline uses), from the order of a seeded hash of each row's
+  sample key, so a sample gets the same batch mates whatever order its
+  shard lists the rows in: a shard's losses depend neither on other shards
+  nor on the order of its own rows. The last batch may be shorter than ``batch_size``; it has
   fewer negatives, so its losses are slightly lower (the released loader
   has the same short tail). A 1-row tail would have loss 0, so it is
   merged into the previous batch; a block of a single row gets loss 0 and
@@ -93,6 +96,9 @@ class SPSScorer:
     seed : int, default=0
         Seeds the loss batches (together with each call's ``seed_key``) and
         the GMM initialisation.
+    batch_by : {'position', 'key'}, default='position'
+        Cut loss batches from a seeded permutation of the rows' positions,
+        or from the seeded hash order of their keys (order-independent).
 
     Notes
     -----
@@ -120,11 +126,14 @@ class SPSScorer:
         gamma: float = 1.0,
         b: float = 5.0,
         seed: int = 0,
+        batch_by: Literal["position", "key"] = "position",
     ) -> None:
         if batch_size < 2:
             raise ValueError("batch_size must be at least 2 (InfoNCE needs negatives)")
         if proxy_label not in ("code", "paper"):
             raise ValueError(f"proxy_label must be 'code' or 'paper', got {proxy_label!r}")
+        if batch_by not in ("position", "key"):
+            raise ValueError(f"batch_by must be 'position' or 'key', got {batch_by!r}")
         if not 0.0 <= eps2 <= eps1 <= 1.0:
             raise ValueError(f"need 0 <= eps2 <= eps1 <= 1, got eps1={eps1}, eps2={eps2}")
         self.batch_size = int(batch_size)
@@ -135,6 +144,7 @@ class SPSScorer:
         self.gamma = float(gamma)
         self.b = float(b)
         self.seed = int(seed)
+        self.batch_by = batch_by
         self.gmm_: dict | None = None
         self.loss_min_: float | None = None
         self.loss_max_: float | None = None
@@ -160,7 +170,9 @@ class SPSScorer:
         y_hat : np.ndarray
             float32 mean of the row's i2t and t2i softmax diagonals, in [0, 1].
         """
-        return batch_stats(pairs, self.batch_size, self.temperature, self.seed, seed_key)
+        return batch_stats(
+            pairs, self.batch_size, self.temperature, self.seed, seed_key, self.batch_by == "key"
+        )
 
     def per_sample_loss(self, pairs: Pairs, seed_key: str = "") -> np.ndarray:
         """``L_i = CE(i2t) + CE(t2i)`` per pair, float32 (see :meth:`batch_stats`)."""
@@ -238,6 +250,7 @@ class SPSScorer:
             "gamma": self.gamma,
             "b": self.b,
             "seed": self.seed,
+            "batch_by": self.batch_by,
             "gmm": self.gmm_,
             "loss_min": self.loss_min_,
             "loss_max": self.loss_max_,
@@ -256,6 +269,7 @@ class SPSScorer:
             gamma=params["gamma"],
             b=params["b"],
             seed=params["seed"],
+            batch_by=params.get("batch_by", "position"),  # fits stored before it existed
         )
         scorer.gmm_ = params["gmm"]
         scorer.loss_min_ = params["loss_min"]

@@ -1,0 +1,61 @@
+"""Use every core the process may run on, without BLAS fighting itself.
+
+The scorers' hot loops are many small and medium matrix products (SPS's
+128 x 128 loss batches, the neighbour search's query-by-list blocks).
+Measured on the 2-core machine, OpenBLAS's own threads make those *slower*
+than one thread (they spin and synchronise on every small product: 5-12x
+more CPU per FLOP), so the work is split into independent pieces that run
+on a small thread pool while BLAS itself stays single-threaded (numpy
+releases the GIL inside BLAS and its large ufunc loops, so the threads run
+in parallel). faiss keeps its OpenMP threads for what it does (k-means,
+exact search), set to the same core count.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+
+def n_workers() -> int:
+    """Cores this process may use (``NCLEAN_THREADS`` overrides)."""
+    env = os.environ.get("NCLEAN_THREADS")
+    if env and env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@contextmanager
+def single_threaded_blas():
+    """BLAS limited to one thread inside the block (no-op without threadpoolctl)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def parallel_map(fn: Callable, items: Iterable, workers: int | None = None) -> list:
+    """``[fn(x) for x in items]`` on ``workers`` threads (in order)."""
+    items = list(items)
+    workers = min(n_workers() if workers is None else workers, len(items))
+    if workers <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, items))
+
+
+def set_faiss_threads() -> None:
+    """faiss's OpenMP threads on all cores (unless OMP_NUM_THREADS says otherwise)."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    import faiss
+
+    faiss.omp_set_num_threads(n_workers())

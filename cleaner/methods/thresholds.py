@@ -1,0 +1,216 @@
+"""Estimator-agnostic thresholds (``--thresholds auto``): the raw cosine,
+calibrated without labels, sets the seed methods' constants.
+
+The published constants are CLIP's: SDD drops a pair at ``100 * cosine <=
+20`` and draws its clean set D_c above 30, and OSA's boundary beta is a
+cosine. On another estimator (cosines bunched near 1, or spread around 0)
+the same numbers land anywhere. ``auto`` reads them off the data's own
+cosine distribution, the way the ``match`` method calibrates its score:
+
+1. A seeded sample of up to ``AUTO_ROWS`` scorable rows. Their own cosines
+   are the data ("real"); the cosines of shuffled pairs (each sampled image
+   with the caption of another sampled row, ``NULL_ROUNDS`` rounds) are a
+   measured sample of the noise distribution f_n.
+2. :func:`cleaner.methods.match.calibrate.fit_null_iso` fits the density
+   ratio of real to shuffled cosines by isotonic regression (no shape
+   assumed for either component), the noise share pi, and
+   ``P(clean | cosine) = 1 - pi / rho(cosine)``.
+3. The *cut*: where clean and noise densities cross (f_c = f_n; the
+   ``balanced`` keep rule of ``match``, which maximises clean kept % + noise
+   caught %). The *clean cut*: the lowest cosine whose clean posterior
+   exceeds ``CLEAN_SET_PROB`` (0.99), never below the cut.
+
+Both are exact crossings of the fitted piecewise-linear balance curve
+``g = f / (f + f_n)``: the cut is where g = 1/2, the clean cut where g =
+pi / (pi + 1 - 0.99). Mapping: OSA's beta = cut, SDD's alpha = 100 * cut,
+SDD's beta_c = 100 * clean cut (D_c stricter than the kept set, as 30 > 20
+on CLIP). Nothing here reads labels.
+
+The same sample also checks OSA's cubic (:func:`osa_assumptions`): with
+d = cosine - beta, d^2 (1 - d) rises only up to d = 2/3, so rows past it are
+weighted *less* the better they match.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+MODES = ("paper", "auto")
+AUTO_ROWS = 1 << 15  # rows sampled for the calibration
+NULL_ROUNDS = 4  # shuffled pairs per sampled row
+CLEAN_SET_PROB = 0.99  # clean posterior that defines SDD's D_c in auto mode
+BOOTSTRAP = 8  # resamples for the standard error of the cut
+OSA_PEAK_D = 2.0 / 3.0
+_SALT = 0x7A0C  # keeps this sample apart from the other seeded draws of a job
+# OSA and SDD of one job fit on the same calibration: computed once per job
+# data (the owner of ctx.gather_rows, held weakly) and seed
+_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def mode_of(settings) -> str:
+    """The job's thresholds mode (``paper`` for settings from before the option)."""
+    return getattr(settings, "thresholds", "paper") or "paper"
+
+
+def check_settings(settings, beta_source_explicit: bool = False) -> str | None:
+    """An error message for a thresholds mode that conflicts with the other
+    settings, or None. ``auto`` sets OSA's beta itself, so the beta options
+    would be silently ignored."""
+    mode = mode_of(settings)
+    if mode not in MODES:
+        return f"--thresholds must be paper or auto, not {mode!r}"
+    if mode != "auto":
+        return None
+    given = [
+        flag
+        for flag, on in (
+            ("--beta", settings.beta is not None),
+            ("--beta-samples", settings.beta_samples is not None),
+            ("--beta-source", beta_source_explicit),
+        )
+        if on
+    ]
+    if given:
+        return (
+            f"{', '.join(given)} set{'s' if len(given) == 1 else ''} OSA's paper boundary; "
+            "--thresholds auto maps beta from the data: give one of them"
+        )
+    return None
+
+
+def sample_cosines(ctx, rows: int = AUTO_ROWS, rounds: int = NULL_ROUNDS):
+    """(real, null) cosines of a seeded sample of the job's scorable rows,
+    or (None, None) with fewer than two rows. ``real``: each row's own pair;
+    ``null``: image of row order[t] with the caption of row order[t + r]."""
+    total = int(sum(ctx.ok_counts))
+    if total < 2 or ctx.gather_rows is None:
+        return None, None
+    rng = np.random.default_rng([int(ctx.seed), _SALT])
+    picked = np.sort(rng.choice(total, size=min(total, rows), replace=False))
+    image = ctx.gather_rows(picked, "image").astype(np.float64)
+    text = ctx.gather_rows(picked, "text").astype(np.float64)
+    real = np.einsum("ij,ij->i", image, text)
+    order = rng.permutation(len(picked))
+    null = [
+        np.einsum("ij,ij->i", image[order], text[np.roll(order, -r)])
+        for r in range(1, min(rounds, len(picked) - 1) + 1)
+    ]
+    return real, np.concatenate(null)
+
+
+def _crossing(knots: list, balance: list, level: float) -> float | None:
+    """Lowest cosine where the interpolated balance exceeds ``level`` (the
+    balance is non-decreasing); -1 when it does everywhere, None when never."""
+    x, g = np.asarray(knots, np.float64), np.asarray(balance, np.float64)
+    above = np.flatnonzero(g > level)
+    if not len(above):
+        return None
+    k = int(above[0])
+    if k == 0:  # np.interp holds the first value below the first knot
+        return -1.0
+    x0, x1, g0, g1 = x[k - 1], x[k], g[k - 1], g[k]
+    return float(x0 + (level - g0) / (g1 - g0) * (x1 - x0))
+
+
+def _cuts(real: np.ndarray, null: np.ndarray) -> dict:
+    from cleaner.methods.match.calibrate import fit_null_iso
+
+    fit = fit_null_iso(real, null)
+    pi = float(fit["pi"])
+    cut = _crossing(fit["knots"], fit["balance"], 0.5)
+    level = pi / (pi + 1.0 - CLEAN_SET_PROB)
+    clean = _crossing(fit["knots"], fit["balance"], level)
+    reached = clean is not None
+    if clean is None:  # the posterior never gets there: the rows where it is highest
+        top = int(np.argmax(fit["balance"]))
+        clean = float(fit["knots"][top])
+    cut_value = 1.0 if cut is None else cut  # nothing is more typical of clean pairs
+    return {
+        "pi": pi,
+        "cut": cut_value,
+        "clean_cut": max(cut_value, clean),
+        "clean_prob_reached": reached,
+        "separates": cut is not None,
+    }
+
+
+def calibrate_cosine(real: np.ndarray, null: np.ndarray, seed: int = 0) -> dict:
+    """The JSON-able calibration of the raw cosine: noise share, cut, clean
+    cut, and the cut's bootstrap standard error (rows and shuffled pairs
+    resampled ``BOOTSTRAP`` times)."""
+    real = np.asarray(real, np.float64)
+    null = np.asarray(null, np.float64)
+    out = _cuts(real, null)
+    rng = np.random.default_rng([int(seed), _SALT, 1])
+    boot = [
+        _cuts(rng.choice(real, len(real)), rng.choice(null, len(null)))["cut"]
+        for _ in range(BOOTSTRAP)
+    ]
+    return {
+        "kind": "null-iso on the raw cosine (real vs shuffled pairs)",
+        **out,
+        "cut_se": float(np.std(boot, ddof=1)) if len(boot) > 1 else 0.0,
+        "clean_set_prob": CLEAN_SET_PROB,
+        "n_real": int(len(real)),
+        "n_null": int(len(null)),
+        "real_mean": float(real.mean()),
+        "null_mean": float(null.mean()),
+    }
+
+
+def fit_cosine_calibration(ctx) -> tuple[dict | None, np.ndarray | None]:
+    """(calibration, sampled real cosines) for the job behind ``ctx``; the
+    calibration is None with fewer than three scorable rows."""
+    owner = getattr(ctx.gather_rows, "__self__", ctx.gather_rows)
+    key = (int(ctx.seed), tuple(int(n) for n in ctx.ok_counts))
+    try:
+        memo = _MEMO.setdefault(owner, {})
+    except TypeError:  # not weakly referable (None): no reuse
+        memo = {}
+    if key not in memo:
+        real, null = sample_cosines(ctx)
+        cal = None if real is None or len(real) < 3 else calibrate_cosine(real, null, ctx.seed)
+        memo[key] = (cal, real)
+    cal, real = memo[key]
+    return (dict(cal) if cal else None), real
+
+
+def require(cal: dict | None, method: str) -> dict:
+    if cal is None:
+        raise ValueError(f"--thresholds auto ({method}) needs at least 3 scorable samples")
+    return cal
+
+
+def osa_assumptions(cosines: np.ndarray | None, beta: float, form: str) -> dict:
+    """Whether OSA's cubic behaves on this data: beta >= 0 and no row past
+    the peak d = 2/3 (shares estimated on the calibration sample)."""
+    out: dict = {"beta_negative": bool(beta < 0), "form": form}
+    if cosines is not None and len(cosines):
+        d = np.asarray(cosines, np.float64) - beta
+        out.update(
+            rows=int(len(d)),
+            share_past_peak=float(np.mean(d > OSA_PEAK_D)),
+            share_past_one=float(np.mean(d > 1.0)),
+        )
+    past = out.get("share_past_peak", 0.0)
+    out["holds"] = bool(not out["beta_negative"] and past == 0.0)
+    state = f"beta {'< 0' if beta < 0 else '>= 0'}, {100 * past:.1f}% of sampled rows have d > 2/3"
+    if "rows" not in out:
+        out["note"] = f"beta {'< 0' if beta < 0 else '>= 0'}; too few rows to check d"
+    elif out["holds"]:
+        out["note"] = (
+            "beta >= 0 and every sampled row has d <= 2/3: the cubic rises with the cosine"
+        )
+    elif form == "monotone":
+        out["note"] = (
+            f"{state}; the monotone form holds the weight at the peak 4/27 past d = 2/3, "
+            "so it never falls as the cosine rises"
+        )
+    else:
+        out["note"] = (
+            f"{state}, where the cubic falls as the cosine rises (clean pairs weigh less than "
+            "noisier ones; 0 past d = 1); --thresholds auto keeps the weight monotone"
+        )
+    return out
