@@ -71,7 +71,7 @@ class ScoreSettings:
     thresholds: str = "paper"
     seed: int = 0
     fit_sample: int = 1_000_000  # rows used for global fits; all rows when fewer
-    exact_threshold: int = 4096  # exact neighbour search up to this many pool rows, IVF above
+    exact_threshold: int = 2048  # exact neighbour search up to this many pool rows, IVF above
     pool_size: int = 65_536  # neighbour pools: a seeded sample of at most this many rows
     # method options by name (declared in cleaner.methods.<name>.method);
     # missing ones take their declared defaults when the job starts
@@ -251,7 +251,10 @@ def embed_stage(job: ScoreJob, layout, summary: ScoreSummary, n_classes):
 
 
 def _job_data(job: ScoreJob, cache, stems: list[str], n_classes) -> JobData:
-    counts = [int(cache.ok_mask(stem).sum()) for stem in stems]
+    from cleaner.methods.threads import parallel_map
+
+    # every partition's vectors are checked once here: on all cores (numpy releases the GIL)
+    counts = parallel_map(lambda stem: int(cache.ok_mask(stem).sum()), stems)
     return JobData(cache, stems, counts, n_classes, job.progress)
 
 

@@ -26,13 +26,16 @@ from cleaner.methods import catalog
 from cleaner.methods.neighbors import NeighborIndex
 from cleaner.methods.neighbors_search import as_query_row_ids, normalised, pair_scores, resolve
 
-GROUP_ROWS = 32_768  # rows of the shards searched together (bounds memory)
+# rows of the shards searched together (bounds memory; 6k queries search as fast as 9k)
+GROUP_ROWS = 20_480
+ALONE_ROWS = 8192  # a shard with this many queries for a pool is searched on its own
 FINGERPRINT_DIMS = 8  # query components compared before an answer is used
 
 
 class AnsweredPool:
     """A NeighborIndex that answers top-1 searches of known queries from
-    results computed ahead; everything else is the index's."""
+    results computed ahead; everything else is the index's. ``q``: the
+    normalised queries (or their first ``FINGERPRINT_DIMS`` components)."""
 
     def __init__(self, index: NeighborIndex, q: np.ndarray, rids: np.ndarray, pos, sc) -> None:
         order = np.argsort(rids, kind="stable")
@@ -63,19 +66,26 @@ class AnsweredPool:
         return resolve(pos, sc, index.keys, index.row_ids)
 
 
-def groups(views, max_rows: int = GROUP_ROWS):
-    """Consecutive (stem, view) items in lists of at most ``max_rows`` rows
-    (a larger shard makes a group of its own)."""
-    group, rows = [], 0
-    for item in views:
-        n = len(item[1].pairs)
-        if group and rows + n > max_rows:
-            yield group
-            group, rows = [], 0
-        group.append(item)
-        rows += n
-    if group:
-        yield group
+def plan_groups(sizes: list[int], max_rows: int = GROUP_ROWS) -> list[int]:
+    """How many consecutive shards each group takes: as many as fit in
+    ``max_rows`` rows (a larger shard makes a group of its own). Planned from
+    the row counts up front, so no shard is read before its group starts."""
+    counts, rows = [], 0
+    for n in sizes:
+        if counts and rows + n <= max_rows:
+            counts[-1] += 1
+            rows += n
+        else:
+            counts.append(1)
+            rows = n
+    return counts
+
+
+def groups(views, counts: list[int]):
+    """The (stem, view) items of ``views`` in lists of ``counts`` items."""
+    it = iter(views)
+    for k in counts:
+        yield [next(it) for _ in range(k)]
 
 
 def answer_ahead(group: list, scorers: dict, pools: dict, methods: list[str]) -> dict:
@@ -98,8 +108,23 @@ def answer_ahead(group: list, scorers: dict, pools: dict, methods: list[str]) ->
         rids = np.concatenate([r for _, r in parts])
         if len(np.unique(rids)) != len(rids):  # ambiguous by row id: no answers
             continue
-        index = pools[pool]
-        queries = np.concatenate([v for v, _ in parts])  # a fresh copy: normalised in place
-        pos, sc, q = index.positions(queries, rids, 1, exact_scores=False, owned=True)
-        out[pool] = AnsweredPool(index, q, rids, pos, sc)
+        out[pool] = AnsweredPool(pools[pool], *_search_parts(pools[pool], parts))
     return out
+
+
+def _search_parts(index: NeighborIndex, parts: list) -> tuple:
+    """(normalised queries, row ids, positions, scores) of every part: a part
+    of ``ALONE_ROWS`` or more is searched alone (no copy of a shard's
+    vectors), the smaller ones together."""
+    alone = [p for p in parts if len(p[1]) >= ALONE_ROWS]
+    small = [p for p in parts if len(p[1]) < ALONE_ROWS]
+    batches = [(v, r, False) for v, r in alone]
+    if small:  # a fresh copy: normalised in place
+        batches.append(
+            (np.concatenate([v for v, _ in small]), np.concatenate([r for _, r in small]), True)
+        )
+    found = []
+    for vectors, rids, owned in batches:
+        pos, sc, q = index.positions(vectors, rids, 1, exact_scores=False, owned=owned)
+        found.append((q[:, :FINGERPRINT_DIMS].copy(), rids, pos, sc))  # not a view: frees q
+    return tuple(np.concatenate(col) for col in zip(*found, strict=True))

@@ -13,8 +13,8 @@ Reading is cheap and overlapped:
   :meth:`~EmbeddingCache.ok_mask`, which it computes once per partition.
   A partition with rows whose vectors are bad (NaN, zero) goes through
   :meth:`EmbeddingCache.load`, which writes their status and error.
-- :func:`iter_views` reads the next shard on a background thread while the
-  caller works on the current one (numpy and pyarrow release the GIL).
+- :func:`iter_views` reads the next shard(s) on background threads while
+  the caller works on the current one (numpy and pyarrow release the GIL).
 - :class:`RowMemo` keeps per-shard values the methods memoise in
   ``Pairs.extra`` (the base hash of each key, SPS's in-batch losses) from
   one pass to the next, for up to ``MEMO_ROWS`` rows of the job.
@@ -22,11 +22,14 @@ Reading is cheap and overlapped:
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from cleaner.errors import InputError
 from cleaner.io.embcache import EmbeddingCache
@@ -47,16 +50,18 @@ class RowMemo:
         self.budget = int(budget_rows)
         self.used = 0
         self._extra: dict[str, dict] = {}
+        self._lock = threading.Lock()  # the read-ahead threads ask concurrently
 
     def extra_for(self, stem: str, n_rows: int) -> dict:
-        hit = self._extra.get(stem)
-        if hit is not None:
-            return hit
-        if self.used + n_rows > self.budget:
-            return {}
-        self.used += n_rows
-        self._extra[stem] = {}
-        return self._extra[stem]
+        with self._lock:
+            hit = self._extra.get(stem)
+            if hit is not None:
+                return hit
+            if self.used + n_rows > self.budget:
+                return {}
+            self.used += n_rows
+            self._extra[stem] = {}
+            return self._extra[stem]
 
 
 def _normalised_f32(arr: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
@@ -66,11 +71,15 @@ def _normalised_f32(arr: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
     out = np.empty((n, arr.shape[1]), dtype=np.float32)
     for s in range(0, n, CONVERT_ROWS):
         e = min(n, s + CONVERT_ROWS)
-        block = np.asarray(arr[s:e] if rows is None else arr[rows[s:e]], dtype=np.float32)
+        block = out[s:e]
+        block[...] = arr[s:e] if rows is None else arr[rows[s:e]]  # converts in place
         norms = np.linalg.norm(block, axis=1, keepdims=True)
         np.divide(block, norms, out=block, where=norms > 0)
-        out[s:e] = block
     return out
+
+
+def _is_ok(meta: pa.Table) -> np.ndarray:
+    return pc.fill_null(pc.equal(meta.column("status"), "ok"), False).to_numpy()
 
 
 def _read(cache: EmbeddingCache, stem: str):
@@ -79,7 +88,7 @@ def _read(cache: EmbeddingCache, stem: str):
     ``have`` is True (the scorable ones; others are never read)."""
     ok = cache.ok_mask(stem)
     meta = cache.read_meta(stem)
-    status_ok = np.asarray(meta.column("status").to_pylist(), dtype=object) == "ok"
+    status_ok = _is_ok(meta)
     img, txt = cache.open_vectors(stem)
     if (status_ok & ~ok).any() or img.shape[1:] != txt.shape[1:]:
         shard = cache.load(stem)  # bad vectors become status rows there (or it raises)
@@ -112,7 +121,7 @@ class ShardView:
         labels = None
         if n_classes is not None:
             meta, labels = check_labels(meta, n_classes, stem)
-        ok = np.asarray(meta.column("status").to_pylist(), dtype=object) == "ok"
+        ok = _is_ok(meta)
         keys = np.asarray(meta.column("key").to_pylist(), dtype=object)
         index = meta.column("index").to_numpy()
         row_ids = (np.int64(position) << ROW_ID_SHIFT) | index.astype(np.int64)
@@ -149,9 +158,10 @@ def gather_vectors(cache: EmbeddingCache, stems, shard_pos, row_pos, which: str)
     return out if out is not None else np.empty((0, 0), dtype=np.float32)
 
 
-def iter_views(cache: EmbeddingCache, items, n_classes=None, memo: RowMemo | None = None):
-    """(stem, ShardView) for each (position, stem) of ``items``, reading the
-    next shard on a background thread while the caller uses the current one."""
+def iter_views(cache: EmbeddingCache, items, n_classes=None, memo=None, ahead: int = 1):
+    """(stem, ShardView) for each (position, stem) of ``items``, in order,
+    reading up to ``ahead`` next shards on background threads while the
+    caller uses the current one (memory: ``ahead`` + 1 shards)."""
     items = list(items)
 
     def load(item):
@@ -159,17 +169,18 @@ def iter_views(cache: EmbeddingCache, items, n_classes=None, memo: RowMemo | Non
         extra = None if memo is None else memo.extra_for(stem, cache.num_rows(stem))
         return stem, ShardView.load(cache, stem, pos, n_classes, extra)
 
-    if len(items) <= 1 or not PREFETCH:
+    if len(items) <= 1 or not PREFETCH or ahead < 1:
         yield from map(load, items)
         return
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nclean-prefetch")
+    pool = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="nclean-read")
     try:
-        ahead = pool.submit(load, items[0])
-        for nxt in items[1:]:
-            current = ahead.result()
-            ahead = pool.submit(load, nxt)
+        pending = deque(pool.submit(load, item) for item in items[:ahead])
+        for nxt in items[ahead:]:
+            current = pending.popleft().result()
+            pending.append(pool.submit(load, nxt))
             yield current
-        yield ahead.result()
+        while pending:
+            yield pending.popleft().result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

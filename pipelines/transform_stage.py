@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 
 from cleaner.io.sidecar import atomic_write_table, build_part, merge_parts, part_is_valid
 from cleaner.methods import catalog
-from pipelines.search_ahead import answer_ahead, groups
+from pipelines.heap import trim
+from pipelines.search_ahead import GROUP_ROWS, answer_ahead, groups, plan_groups
 from pipelines.shard_view import ShardView, iter_views
 
 
@@ -46,8 +47,10 @@ def parts_to_do(layout, stems: list[str], fit_id: str, overwrite: bool) -> list[
 def transform_local(todo, data, scorers, pools, methods, base_meta, layout, on_done) -> None:
     """Each part in turn, the next shard read while this one is scored; the
     neighbour searches of a few shards run together (:mod:`pipelines.search_ahead`)."""
-    views = iter_views(data.cache, todo, data.n_classes, data.memo)
-    for group in groups(views):
+    # no pools: the shard's work is light and reading is the cost, so read two ahead
+    views = iter_views(data.cache, todo, data.n_classes, data.memo, ahead=1 if pools else 2)
+    sizes = [data.ok_counts[pos] for pos, _ in todo]
+    for group in groups(views, plan_groups(sizes, GROUP_ROWS if pools else 0)):
         answered = answer_ahead(group, scorers, pools, methods) if pools else pools
         for stem, view in group:
             meta = {**base_meta, "shard": stem}
@@ -55,6 +58,7 @@ def transform_local(todo, data, scorers, pools, methods, base_meta, layout, on_d
             atomic_write_table(table, layout.part_path(stem))
             on_done(stem)
         del group, answered  # the group's views: memory is one group's
+        trim()
 
 
 def status_counts(parts) -> dict[str, int]:

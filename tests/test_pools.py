@@ -103,7 +103,9 @@ def test_capped_pools_recorded_and_verdicts_unchanged(mixture, tmp_path):
         info, whole = meta["neighbors"][name], full_meta["neighbors"][name]
         assert info["pool_size"] == 200 and info["ntotal"] == 200
         assert info["qualifying"] == whole["qualifying"] == whole["ntotal"] > 200
-        assert info["sampled"] and info["sampling_fraction"] == pytest.approx(200 / whole["qualifying"])
+        assert info["sampled"] and info["sampling_fraction"] == pytest.approx(
+            200 / whole["qualifying"]
+        )
     # the verdicts never depend on the pools
     for col in ("sdd_keep", "sdd_w_con", "sdd_clean", "sps_loss", "sps_partition", "osa_weight"):
         assert (capped[col] == full[col]).all(), col

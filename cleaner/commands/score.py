@@ -56,7 +56,7 @@ def _static_params() -> list[tuple[str, object, object]]:
         ("thresholds", str, opt("paper", "--thresholds", help="paper: the published constants (OSA's beta estimate, SDD's alpha/beta_c); auto: mapped from the data's cosine calibrated against shuffled pairs, so they mean on any estimator what they mean on CLIP (see docs/methods.md).", rich_help_panel=METHODS)),
         ("seed", int, opt(0, "--seed", help="Seed for every random choice (beta sampling, fit samples, batches).", rich_help_panel=METHODS)),
         ("fit_sample", int, opt(1_000_000, "--fit-sample", help="Rows used for global fits (GMMs); a seeded uniform sample when there are more.", rich_help_panel=FIT)),
-        ("exact_threshold", int, opt(4096, "--exact-threshold", help="Nearest neighbours: exact search up to this many pool rows, inverted lists above (nprobe tuned to recall@1 >= 0.95, recall recorded).", rich_help_panel=FIT)),
+        ("exact_threshold", int, opt(2048, "--exact-threshold", help="Nearest neighbours: exact search up to this many pool rows, inverted lists above (probing tuned to recall@1 >= 0.95, recall recorded).", rich_help_panel=FIT)),
         ("pool_size", int, opt(65_536, "--pool-size", help="Neighbour pools (SDD clean set, SPS reliable set): a seeded uniform sample of at most this many qualifying rows (by sample key; recorded in the metadata).", rich_help_panel=FIT)),
         ("out", Path, opt(..., "--out", "-o", help="Output folder of per-shard parts, or a .parquet file (parts go to <name>.parts/ and are merged).", rich_help_panel=OUTPUT)),
         ("cache", Path | None, opt(None, "--cache", help="Embedding cache folder [default: <out>/_nclean/embeddings].", rich_help_panel=OUTPUT)),

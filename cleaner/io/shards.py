@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import braceexpand
-from webdataset.tariterators import base_plus_ext
 
 from cleaner.errors import ConfigError, InputError
 
@@ -201,6 +200,10 @@ def _escape_surrogate(c: str) -> str:
 def _split_name(name: str) -> tuple[str, str] | None:
     # keyed by the escaped name: an escaped byte is never "." or "/", so
     # splitting it gives the same key and extension as splitting the bytes
+    # imported here: webdataset pulls in torch (~0.6 GB resident), which a
+    # score of precomputed embeddings never needs
+    from webdataset.tariterators import base_plus_ext
+
     parts = base_plus_ext(sample_key(name))
     if parts is None or parts[0] is None:
         return None

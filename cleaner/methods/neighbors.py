@@ -27,6 +27,10 @@ Index kinds (chosen at :meth:`NeighborIndex.finalize`)
   pipeline (:meth:`NeighborIndex.tune`), and the recall@1 against exact
   search is measured and recorded (:meth:`describe`).
 
+Where the cells do not follow the data (many lists needed per query), the
+pipeline may switch a pool to PQ fast-scan candidates re-ranked exactly
+(:mod:`cleaner.methods.neighbors_pq`, :meth:`NeighborIndex.use_pq`).
+
 When faiss sees a GPU (the ``gpu`` extra, ``faiss-gpu``), the k-means runs
 there and the search goes to a faiss GPU copy of the index (``IndexFlatIP``
 or an ``IndexIVFFlat`` with the same centroids); any failure there falls
@@ -37,6 +41,8 @@ depend on how queries are batched.
 
 from __future__ import annotations
 
+import math
+
 import faiss
 import numpy as np
 
@@ -45,6 +51,7 @@ from cleaner.methods.neighbors_ivf import (
     MIN_POINTS_PER_CENTROID,
     default_nlist,
     default_nprobe,
+    operating_points,
     plan_nlist,
     recall_at_k,
     train_lists,
@@ -59,6 +66,7 @@ from cleaner.methods.neighbors_search import (
     resolve,
     search_positions,
 )
+from cleaner.methods.threads import single_threaded_blas
 
 __all__ = ["MIN_POINTS_PER_CENTROID", "NeighborIndex", "default_nlist", "default_nprobe"]
 
@@ -108,6 +116,7 @@ class NeighborIndex:
         self.kind = "flat"
         self.nlist: int | None = None
         self.nprobe: int | None = None
+        self.probe_delta = math.inf  # scan only lists this close to the nearest (tuned)
         self.n_train: int | None = None
         self.recall: dict = {}
         self._finalized = False
@@ -123,6 +132,7 @@ class NeighborIndex:
         self._lists: ListedVectors | None = None
         self._rid_order: np.ndarray | None = None
         self._faiss = None  # exact CPU index (flat kind), built at finalize
+        self._pq, self._pq_point = None, None  # PQ fast-scan candidates, when chosen
         self._gpu = None  # (gpu index, resources) when searching on a GPU
 
     # ------------------------------------------------------------------ build
@@ -243,17 +253,21 @@ class NeighborIndex:
         at = np.clip(np.searchsorted(sorted_rids, qrids), 0, len(sorted_rids) - 1)
         return np.where(sorted_rids[at] == qrids, self._rid_order[at], -1)
 
-    def candidates(self, q: np.ndarray, qrids: np.ndarray, kk: int, nprobe: int | None = None):
-        """(positions, approximate scores) of each query's ``kk`` best non-self hits."""
+    def candidates(self, q: np.ndarray, qrids: np.ndarray, kk: int, point: tuple | None = None):
+        """(positions, approximate scores) of each query's ``kk`` best non-self
+        hits; ``point`` = (nprobe, delta) instead of the index's own."""
+        nprobe, delta = point or (self.nprobe, self.probe_delta)
+        if self._pq is not None and point is None:
+            return self._pq.search(self.vectors, q, self._self_positions(qrids), kk, self._pq_point)
         if self._gpu is not None:
-            try:
-                return self._gpu(q, qrids, kk, nprobe or self.nprobe)
+            try:  # faiss's GPU IVF scans a fixed nprobe
+                return self._gpu(q, qrids, kk, nprobe)
             except RuntimeError:  # out of GPU memory and the like: the CPU does it
                 self._gpu = None
         if self.kind == "flat":
             pos, sc = search_positions(self._faiss, self.row_ids, q, qrids, kk)
             return pos, np.where(pos >= 0, sc, -np.inf).astype(np.float32)
-        return self._lists.search(q, self._self_positions(qrids), nprobe or self.nprobe, kk)
+        return self._lists.search(q, self._self_positions(qrids), nprobe, kk, delta)
 
     def search(self, queries, query_row_ids, k: int = 1, exact_scores: bool = True):
         """The k nearest indexed rows of each query, its own row excluded.
@@ -299,8 +313,8 @@ class NeighborIndex:
 
     # ------------------------------------------------------------ diagnostics
 
-    def _top1(self, q, qrids, nprobe):
-        return rescore(self.vectors, q, *self.candidates(q, qrids, 2, nprobe), 1)
+    def _top1(self, q, qrids, point):
+        return rescore(self.vectors, q, *self.candidates(q, qrids, 2, point), 1)
 
     def measure_recall(self, sample_queries, k: int = 1, query_row_ids=None) -> float:
         """Recall@k against exact search (this index scanning every list) on
@@ -313,29 +327,51 @@ class NeighborIndex:
             q = normalised(sample_queries, self.dim)
             qrids = as_query_row_ids(query_row_ids, len(q))
             approx = rescore(self.vectors, q, *self.candidates(q, qrids, k + 1), k)
-            exact = rescore(self.vectors, q, *self.candidates(q, qrids, k + 1, self.nlist), k)
+            exact = rescore(
+                self.vectors, q, *self.candidates(q, qrids, k + 1, (self.nlist, math.inf)), k
+            )
             recall = recall_at_k(approx[0], exact[0], exact[1], approx[1], k)
         self.recall[f"recall_at_{k}"] = recall
         return recall
 
     def tune(self, queries, query_row_ids, target: float = 0.95) -> int:
-        """Set nprobe to the smallest that reaches ``target`` recall@1 on half
-        of these queries and record the recall on the other half (IVF only)."""
+        """Set the probing (nprobe, delta) to the cheapest that reaches
+        ``target`` recall@1 on half of these queries and record the recall
+        on the other half (IVF only)."""
         self.finalize()
         if self.kind == "flat" or self.ntotal == 0 or not len(queries):
             return self.nprobe or 0
         q = normalised(queries, self.dim)
         qrids = as_query_row_ids(query_row_ids, len(q))
-        nprobe, self.recall = tune_nprobe(
-            self._top1, lambda a, b: self._top1(a, b, self.nlist), q, qrids, self.nlist, target
+        exact = (self.nlist, math.inf)
+        points = operating_points(self.nlist, deltas=self._gpu is None)
+        point, self.recall = tune_nprobe(
+            self._top1, lambda a, b: self._top1(a, b, exact), q, qrids, points, target
         )
-        self.set_nprobe(nprobe)
+        self.set_nprobe(*point)
+        with single_threaded_blas():
+            probes = self._lists.mean_probes(q[len(q) // 2 :], *point)
+        self.recall["mean_probes"] = round(probes, 3)
         return self.nprobe
 
-    def set_nprobe(self, nprobe: int) -> None:
-        """Change the number of lists scanned (IVF only)."""
+    def use_pq(self, pq, point: tuple, recall: dict) -> None:
+        """Search with PQ fast-scan candidates (:mod:`cleaner.methods.neighbors_pq`)."""
+        self._pq, self._pq_point, self.recall = pq, tuple(point), recall
+        self.nprobe, self.probe_delta = int(point[0]), math.inf
+
+    def set_nprobe(self, nprobe: int, delta: float = math.inf) -> None:
+        """Scan ``nprobe`` lists per query, or only those of them within
+        ``delta`` of the nearest centroid (IVF only)."""
         if self.kind == "ivf":
             self.nprobe = int(min(max(1, nprobe), self.nlist))
+            self.probe_delta = float(delta)
+
+    def _search_kind(self) -> str:
+        if self._gpu is not None:
+            return "gpu"
+        if self.kind == "flat":
+            return "exact"
+        return "pq fast-scan, re-ranked" if self._pq is not None else "grouped"
 
     def describe(self) -> dict:
         """JSON-able summary: kind, size, IVF settings and measured recall."""
@@ -346,9 +382,13 @@ class NeighborIndex:
             "exact_threshold": self.exact_threshold,
             "nlist": self.nlist,
             "nprobe": self.nprobe,
+            "probe_delta": self.probe_delta if math.isfinite(self.probe_delta) else None,
             "n_train": self.n_train,
             "recall_at_1": self.recall.get("recall_at_1", 1.0 if self.kind == "flat" else None),
             **{key: v for key, v in self.recall.items() if key != "recall_at_1"},
-            "search": "gpu" if self._gpu is not None else ("exact" if self.kind == "flat" else "grouped"),
+            "gpu": self._gpu is not None,
+            "codec": self._pq.key if self._pq is not None else None,
+            "k_factor": self._pq_point[1] if self._pq is not None else None,
+            "search": self._search_kind(),
             "has_payload": self.payload is not None or self._payload_chunks is not None,
         }

@@ -24,7 +24,7 @@ import numpy as np
 # Candidates closer than this (cosine) are re-ranked by exact row-wise
 # products; a float32 512-d dot product is off by ~1e-7, far below it.
 TIE_EPS = 1e-4
-RESCORE_CHUNK = 8192
+RESCORE_ELEMS = 1 << 22  # floats gathered at a time when rescoring (16 MiB)
 
 
 def normalised(vectors: np.ndarray, dim: int, copy: bool = True) -> np.ndarray:
@@ -106,14 +106,17 @@ def rescore(
     return pos, sc
 
 
-def pair_scores(vectors: np.ndarray, q: np.ndarray, pos: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def pair_scores(
+    vectors: np.ndarray, q: np.ndarray, pos: np.ndarray, rows: np.ndarray
+) -> np.ndarray:
     """float32 q[rows[i]] . vectors[pos[i, j]] one pair at a time (-inf where pos is -1)."""
     out = np.full(pos.shape, -np.inf, dtype=np.float32)
-    for s in range(0, len(pos), RESCORE_CHUNK):
-        p = pos[s : s + RESCORE_CHUNK]
+    step = max(1, RESCORE_ELEMS // max(1, pos.shape[1] * q.shape[1]))
+    for s in range(0, len(pos), step):
+        p = pos[s : s + step]
         v = vectors[np.where(p >= 0, p, 0)]
-        prod = np.multiply(v, q[rows[s : s + RESCORE_CHUNK], None, :], dtype=np.float32)
-        out[s : s + RESCORE_CHUNK] = np.where(p >= 0, prod.sum(axis=-1), -np.inf)
+        prod = np.multiply(v, q[rows[s : s + step], None, :], dtype=np.float32)
+        out[s : s + step] = np.where(p >= 0, prod.sum(axis=-1), -np.inf)
     return out
 
 

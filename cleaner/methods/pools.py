@@ -110,7 +110,9 @@ class PoolSampler:
         prio, spos, rpos, rids, keys, payload = self._joined()
         # canonical order: priority, then key, then row id (equal keys only)
         order = np.lexsort((rids, keys.astype(str), prio))[: self.pool_size]
-        kept = tuple(None if a is None else a[order] for a in (prio, spos, rpos, rids, keys, payload))
+        kept = tuple(
+            None if a is None else a[order] for a in (prio, spos, rpos, rids, keys, payload)
+        )
         self._chunks, self._buffered = [kept], len(order)
         if len(order) == self.pool_size:
             self.threshold = min(self.threshold, float(prio[order[-1]]))

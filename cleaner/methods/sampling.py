@@ -71,7 +71,9 @@ def base_hash(keys) -> np.ndarray:
         return np.empty(0, dtype=np.uint64)
     _, offs_buf, data_buf = arr.buffers()
     offsets = np.frombuffer(offs_buf, dtype=np.int64)[arr.offset : arr.offset + n + 1]
-    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(1, np.uint8)
+    data = (
+        np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(1, np.uint8)
+    )
     starts, lengths = offsets[:-1], np.diff(offsets)
     h = np.full(n, _FNV_OFFSET, dtype=np.uint64)
     with np.errstate(over="ignore"):

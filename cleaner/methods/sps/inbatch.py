@@ -110,8 +110,6 @@ def infonce_stats(
     return loss.astype(np.float32), y_hat.astype(np.float32)
 
 
-
-
 def batch_stats(
     pairs: Pairs,
     batch_size: int,
@@ -140,7 +138,9 @@ def batch_stats(
     # them to score many in one step; the odd one goes alone. Steps run on
     # the thread pool with one BLAS thread each (see threads.py).
     full = [bt for bt in batches if len(bt) == batch_size]
-    steps = [np.stack(full[s : s + BATCHES_PER_STEP]) for s in range(0, len(full), BATCHES_PER_STEP)]
+    steps = [
+        np.stack(full[s : s + BATCHES_PER_STEP]) for s in range(0, len(full), BATCHES_PER_STEP)
+    ]
     steps += [bt[None, :] for bt in batches if batch_size != len(bt) > 1]
 
     def score(idx: np.ndarray) -> None:
