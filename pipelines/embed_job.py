@@ -13,18 +13,22 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from cleaner import __version__, faults
 from cleaner.errors import ConfigError
-from cleaner.estimator.embed import ShardResult, embed_shards
-from cleaner.estimator.model import Estimator, file_digest, load_estimator
+from cleaner.estimator.sidefile import file_digest
 from cleaner.io.decode import SampleSpec
 from cleaner.io.embcache import EmbeddingCache
 from cleaner.io.shards import shard_stem
 from cleaner.progress import progress_bar
 from pipelines.layout import embedding_folder_held
+
+if TYPE_CHECKING:  # torch is imported only when something is embedded
+    from cleaner.estimator.embed import ShardResult
+    from cleaner.estimator.model import Estimator
 
 
 @dataclass
@@ -51,6 +55,8 @@ class EstimatorSpec:
 
     def get(self) -> Estimator:
         if self._loaded is None:
+            from cleaner.estimator.model import load_estimator
+
             self._loaded = load_estimator(self.model, self.pretrained, self.device, self.precision)
         return self._loaded
 
@@ -162,6 +168,8 @@ def embed_missing(
         if engine == "ray":
             _embed_on_ray(ray_address, todo, est, spec, bs, on_shard, bar.update)
         else:
+            from cleaner.estimator.embed import embed_shards  # imports torch
+
             embed_shards(estimator, todo, spec, bs, workers, on_shard, bar.update)
     finally:
         bar.close()

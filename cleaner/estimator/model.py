@@ -15,7 +15,6 @@ else it is ``ViT-B-32`` (:func:`model_for`).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 from cleaner.errors import ConfigError
-from cleaner.estimator.sidefile import checkpoint_model
+from cleaner.estimator.sidefile import checkpoint_model, file_digest
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 _registered = False
@@ -98,18 +97,6 @@ def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
     if precision == "fp16" and not device.startswith("cuda"):
         raise ConfigError("--precision fp16 needs CUDA; use bf16 or fp32 on CPU")
     return table[precision]
-
-
-def file_digest(path: str | Path, limit: int = 1 << 22) -> str:
-    """A cheap identity for a checkpoint: sha1 of size + first/last 4 MiB."""
-    path = Path(path)
-    h = hashlib.sha1(str(path.stat().st_size).encode())
-    with open(path, "rb") as fh:
-        h.update(fh.read(limit))
-        if path.stat().st_size > limit:
-            fh.seek(-limit, 2)
-            h.update(fh.read(limit))
-    return h.hexdigest()[:16]
 
 
 @dataclass

@@ -11,6 +11,7 @@ reading the side files needs neither torch nor open_clip.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -68,4 +69,16 @@ def checkpoint_model(pretrained: str | None) -> tuple[str, Path] | None:
     return None
 
 
-__all__ = ["SIDE_SUFFIX", "checkpoint_model"]
+def file_digest(path: str | Path, limit: int = 1 << 22) -> str:
+    """A cheap identity for a checkpoint: sha1 of size + first/last 4 MiB."""
+    path = Path(path)
+    h = hashlib.sha1(str(path.stat().st_size).encode())
+    with open(path, "rb") as fh:
+        h.update(fh.read(limit))
+        if path.stat().st_size > limit:
+            fh.seek(-limit, 2)
+            h.update(fh.read(limit))
+    return h.hexdigest()[:16]
+
+
+__all__ = ["SIDE_SUFFIX", "checkpoint_model", "file_digest"]
