@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from cleaner.errors import ConfigError
 from cleaner.io.atomic import atomic_path
-from cleaner.io.embcache import EmbeddingCache
+from cleaner.io.embcache import EmbeddingCache, normalise_rows
 from cleaner.methods import catalog
 from cleaner.methods.registry import FitContext
 from cleaner.methods.sampling import base_hash, hash_order, row_sample_mask
@@ -58,6 +58,18 @@ class JobData:
             progress.update(1)
         progress.close()
 
+    def _hash_ordered_ok_rows(self, stem: str) -> np.ndarray:
+        """A shard's ok row positions in the order of their keys' hash,
+        memoised (within the memo's row budget): the fits gather repeatedly."""
+        extra = self.memo.extra_for(stem, self.cache.num_rows(stem))
+        hit = extra.get("hash_ordered_ok_rows")
+        if hit is None:
+            ok_idx = np.flatnonzero(self.cache.ok_mask(stem))
+            keys = self.cache.read_meta(stem).column("key")
+            hit = ok_idx[hash_order(base_hash(keys)[ok_idx])]
+            extra["hash_ordered_ok_rows"] = hit
+        return hit
+
     def gather_rows(self, global_rows: np.ndarray, which: str) -> np.ndarray:
         """Rows numbered over the ok rows of all shards (in order), read from
         the memory-mapped cache one shard at a time, L2-normalised. Within a
@@ -69,9 +81,7 @@ class JobData:
         shard_of = np.searchsorted(offsets, sorted_rows, side="right") - 1
         out = None
         for s in np.unique(shard_of):
-            ok_idx = np.flatnonzero(self.cache.ok_mask(self.stems[s]))
-            keys = self.cache.read_meta(self.stems[s]).column("key")
-            ok_idx = ok_idx[hash_order(base_hash(keys)[ok_idx])]
+            ok_idx = self._hash_ordered_ok_rows(self.stems[s])
             img, txt = self.cache.open_vectors(self.stems[s])
             sel = shard_of == s
             vals = np.asarray(
@@ -81,9 +91,7 @@ class JobData:
             if out is None:
                 out = np.zeros((len(global_rows), vals.shape[1]), np.float32)
             out[order[sel]] = vals
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        np.divide(out, norms, out=out, where=norms > 0)
-        return out
+        return normalise_rows(out)
 
 
 class StateFiles:

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cleaner.errors import InputError
-from cleaner.io.embcache import EmbeddingCache
+from cleaner.io.embcache import EmbeddingCache, normalise_rows
 from cleaner.methods.base import Pairs
 from cleaner.methods.sampling import base_hash
 
@@ -73,8 +73,7 @@ def _normalised_f32(arr: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
         e = min(n, s + CONVERT_ROWS)
         block = out[s:e]
         block[...] = arr[s:e] if rows is None else arr[rows[s:e]]  # converts in place
-        norms = np.linalg.norm(block, axis=1, keepdims=True)
-        np.divide(block, norms, out=block, where=norms > 0)
+        normalise_rows(block)
     return out
 
 

@@ -280,15 +280,20 @@ def _stat(path: Path):
 
 def good_vectors(image: np.ndarray, text: np.ndarray) -> np.ndarray:
     """True per row where both vectors are finite and not zero (read in blocks,
-    so memory-mapped float16 arrays are never copied whole)."""
+    so memory-mapped float16 arrays are never copied whole).
+
+    One pass per block: the squared norm is NaN or infinite exactly when a
+    value is, and below 1e-12 exactly when the norm is below 1e-6. float16
+    squares summed in float32 cannot overflow (512 * 65504^2 ~ 2e12); wider
+    inputs are summed in float64."""
     out = np.empty(len(image), dtype=bool)
     for lo in range(0, len(image), _CHUNK):
         good = np.ones(min(_CHUNK, len(image) - lo), dtype=bool)
         for arr in (image, text):
             block = np.asarray(arr[lo : lo + _CHUNK], dtype=np.float32)
-            finite = np.isfinite(block).all(1)
-            norm = np.linalg.norm(np.where(np.isfinite(block), block, 0), axis=1)
-            good &= finite & (norm >= 1e-6)
+            acc = np.float32 if arr.dtype == np.float16 else np.float64
+            squared = np.einsum("ij,ij->i", block, block, dtype=acc)
+            good &= np.isfinite(squared) & (squared >= 1e-12)
         out[lo : lo + _CHUNK] = good
     return out
 
@@ -314,9 +319,17 @@ def _flag_bad_vectors(meta: pa.Table, image: np.ndarray, text: np.ndarray):
     text = np.where(bad[:, None] | ~np.isfinite(text), 0.0, text).astype(np.float32)
     # clip-retrieval stores normalised vectors; renormalise anyway (fp16 rounding, other tools)
     for arr in (image, text):
-        norms = np.linalg.norm(arr, axis=1, keepdims=True)
-        np.divide(arr, norms, out=arr, where=norms > 0)
+        normalise_rows(arr)
     return meta, image, text
+
+
+def normalise_rows(block: np.ndarray) -> np.ndarray:
+    """L2-normalise the float32 rows of ``block`` in place (zero rows stay
+    zero). The squared norms come from one einsum, with no squared copy of
+    the block (``np.linalg.norm`` makes one: ~5x slower on 512-d rows)."""
+    norms = np.sqrt(np.einsum("ij,ij->i", block, block))[:, None]
+    np.divide(block, norms, out=block, where=norms > 0)
+    return block
 
 
 def sample_join(cache: EmbeddingCache, stems: list[str]) -> tuple[str, str | None]:

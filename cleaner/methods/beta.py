@@ -31,7 +31,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 
 DEFAULT_NOISE_K = 64  # ViT-B-32 on 2 CPU cores: ~3 s for 64 images + 64 texts
 DEFAULT_SHUFFLED_K = 10_000
@@ -55,11 +54,17 @@ class BetaEstimate:
         return cls(value=float(value), std=0.0, se=0.0, k=0, n_pairs=0, source="manual", seed=None)
 
 
-@torch.inference_mode()
 def noise_beta(
     estimator, k: int = DEFAULT_NOISE_K, seed: int = 0, batch_size: int = 64
 ) -> BetaEstimate:
     """beta from K noise images x K random token sequences (released code)."""
+    import torch  # here: the other betas (shuffled, manual) need no torch
+
+    with torch.inference_mode():
+        return _noise_beta(torch, estimator, k, seed, batch_size)
+
+
+def _noise_beta(torch, estimator, k: int, seed: int, batch_size: int) -> BetaEstimate:
     gen = torch.Generator().manual_seed(seed)
     images = torch.rand(k, 3, estimator.image_size, estimator.image_size, generator=gen)
     tokens = torch.randint(0, 100, (k, estimator.context_length), generator=gen)

@@ -100,6 +100,9 @@ class Method:
     # over its columns ({name} fields filled from the fitted params by
     # keep_where): the score summary, the report and the demo count with it.
     keep_expr: str = ""
+    # modules the fit and transform import (heavy ones: sklearn, faiss); the
+    # score job imports them on a thread while its first stage reads the data
+    preload: tuple[str, ...] = ()
 
     # -- settings ---------------------------------------------------------
     def check_options(self, options: dict) -> None:

@@ -89,15 +89,24 @@ def sample_cosines(ctx, rows: int = AUTO_ROWS, rounds: int = NULL_ROUNDS):
         return None, None
     rng = np.random.default_rng([int(ctx.seed), _SALT])
     picked = np.sort(rng.choice(total, size=min(total, rows), replace=False))
-    image = ctx.gather_rows(picked, "image").astype(np.float64)
-    text = ctx.gather_rows(picked, "text").astype(np.float64)
-    real = np.einsum("ij,ij->i", image, text)
+    # float32 rows, products summed in float64 (the same values as float64
+    # copies, without 4 x 134 MB of them at 32k rows)
+    image = ctx.gather_rows(picked, "image")
+    text = ctx.gather_rows(picked, "text")
+    real = np.einsum("ij,ij->i", image, text, dtype=np.float64)
     order = rng.permutation(len(picked))
-    null = [
-        np.einsum("ij,ij->i", image[order], text[np.roll(order, -r)])
-        for r in range(1, min(rounds, len(picked) - 1) + 1)
-    ]
+    image, text = image[order], text[order]  # permuted once; the rounds are views
+    null = [_shifted_cosines(image, text, r) for r in range(1, min(rounds, len(picked) - 1) + 1)]
     return real, np.concatenate(null)
+
+
+def _shifted_cosines(image: np.ndarray, text: np.ndarray, r: int) -> np.ndarray:
+    """cos(image[t], text[(t + r) mod n]) for every t, without copying rows."""
+    n = len(image)
+    out = np.empty(n, dtype=np.float64)
+    out[: n - r] = np.einsum("ij,ij->i", image[: n - r], text[r:], dtype=np.float64)
+    out[n - r :] = np.einsum("ij,ij->i", image[n - r :], text[:r], dtype=np.float64)
+    return out
 
 
 def _crossing(knots: list, balance: list, level: float) -> float | None:

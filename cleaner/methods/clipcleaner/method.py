@@ -46,6 +46,7 @@ class CLIPCleaner(Method):
     )
     fill_for_failed = {"cc_selected": False}
     keep_expr = "cc_selected"
+    preload = ("sklearn.linear_model", "sklearn.mixture")
     options = (
         Option(
             "cc_classes",

@@ -33,6 +33,7 @@ class OSA(Method):
     # OSA's own noise rule (d > 0); the same as osa_weight > 0 in the monotone
     # form, and in the paper's only while beta >= 0
     keep_expr = "cosine > {beta}"
+    preload = ("sklearn.isotonic",)  # the cosine calibration
 
     def keep_where(self, params: dict) -> str | None:
         beta = (params.get("beta") or {}).get("value")

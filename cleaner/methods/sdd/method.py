@@ -29,6 +29,7 @@ class SDD(Method):
     )
     fill_for_failed = {"sdd_keep": False}
     keep_expr = "sdd_keep"
+    preload = ("sklearn.isotonic", "sklearn.mixture", "faiss")
     options = (
         Option("sdd_alpha", 20.0, "SDD self-drop: keep a pair if 100*cosine > alpha."),
         Option("sdd_beta_c", 30.0, "SDD clean set (memory-bank pool): 100*cosine > beta_c."),

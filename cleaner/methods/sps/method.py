@@ -23,6 +23,7 @@ class SPS(Method):
     samples_rows = True
     summary = "reliable / quasi / noisy partition, proxy partners and soft labels"
     keep_expr = "sps_partition != 'noisy'"
+    preload = ("sklearn.mixture", "faiss")
     fields = (
         pa.field("sps_loss", pa.float32()),
         pa.field("sps_clean_prob", pa.float32()),
