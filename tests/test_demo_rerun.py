@@ -108,9 +108,12 @@ def test_rerun_with_other_estimator_rescores(tmp_path, monkeypatch):
     _run(out, 20, 0.0)
     other = save_random_checkpoint("nclean-tiny", tmp_path / "other.pt", seed=7)
     monkeypatch.setattr(pretrain, "DEFAULT_MODEL", "nclean-tiny")
-    monkeypatch.setattr(pretrain, "pretrained_estimator", lambda *a, **k: other)
+    asked = []
+    monkeypatch.setattr(pretrain, "pretrained_estimator", lambda *a, **k: asked.append(k) or other)
     held = {"i2t_R@1": 0.0, "t2i_R@1": 0.0}
     monkeypatch.setattr(pretrain, "estimator_info", lambda ckpt: {"heldout": held})
     report = run_demo(out, samples=20, noise=0.0, progress=False, random_estimator=False)
     assert report["rows"] > 20
+    # the demo's own (smaller) recipe, not the benchmarks' default
+    assert asked and {k: asked[0].get(k) for k in demo.DEMO_RECIPE} == demo.DEMO_RECIPE
     assert json.loads((out / "weights.estimator.json").read_text())["pretrained"] == str(other)

@@ -39,6 +39,8 @@ def scored(shard_dir, tiny_ckpt, tmp_path_factory):
         *tiny_args(tiny_ckpt, workers=1),
         "--uid-field",
         "uid",
+        "--thresholds",  # the published constants (noise beta), which these tests check
+        "paper",
     )
     return out, proc
 
@@ -100,6 +102,8 @@ def test_second_run_is_byte_identical_noop(scored, shard_dir, tiny_ckpt):
         *tiny_args(tiny_ckpt, workers=1),
         "--uid-field",
         "uid",
+        "--thresholds",
+        "paper",
     )
     assert out.read_bytes() == before and out.stat().st_mtime_ns == mtime
     assert "parts written 0, reused 3" in proc.stderr and "unchanged" in proc.stderr
@@ -130,7 +134,10 @@ def test_embeddings_roundtrip_equals_direct(scored, tmp_path):
 def test_noise_beta_with_embeddings_is_a_clear_error(scored, tmp_path):
     out, _ = scored
     cache = out.with_suffix(".parts") / "_nclean" / "embeddings"
-    proc = run_cli("score", "--embeddings", cache, "--out", tmp_path / "x", check=False)
+    proc = run_cli(
+        "score", "--embeddings", cache, "--out", tmp_path / "x", "--thresholds", "paper",
+        check=False,
+    )  # fmt: skip
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "noise needs the model" in proc.stderr
 

@@ -178,8 +178,9 @@ def test_old_job_state_without_fingerprints_is_not_checked(tmp_path):
 def test_negative_beta_warns_once(shard_dir, tiny_ckpt, tmp_path, monkeypatch, capsys):
     out = tmp_path / "w.parquet"
     code, err = _cli(
-        monkeypatch, capsys, *_score_args(shard_dir, out, tiny_ckpt, "--methods", "osa")
-    )
+        monkeypatch, capsys,
+        *_score_args(shard_dir, out, tiny_ckpt, "--methods", "osa", "--thresholds", "paper"),
+    )  # fmt: skip
     assert code == 0, err
     beta = S.read_metadata(pq.read_schema(out))["beta"]["value"]
     assert beta < 0  # the tiny random estimator's noise beta (checked, not assumed)
@@ -188,8 +189,9 @@ def test_negative_beta_warns_once(shard_dir, tiny_ckpt, tmp_path, monkeypatch, c
     assert f"{beta:.4f}" in warnings[0] and "cosine > beta" in warnings[0]
     # a resumed (no-op) run says it again: the verdicts still need it
     code, err = _cli(
-        monkeypatch, capsys, *_score_args(shard_dir, out, tiny_ckpt, "--methods", "osa")
-    )
+        monkeypatch, capsys,
+        *_score_args(shard_dir, out, tiny_ckpt, "--methods", "osa", "--thresholds", "paper"),
+    )  # fmt: skip
     assert code == 0 and sum(line.startswith("warning: beta") for line in err.splitlines()) == 1
     # a non-negative beta gives no such warning
     code, err = _cli(

@@ -34,8 +34,9 @@ def demo(
 ):
     """Offline end to end: generate a noisy shapes-world dataset (with a few
     corrupt samples), pre-train a small estimator on clean pairs (cached;
-    minutes the first time), score, and print clean kept / noise caught per
-    method."""
+    about two minutes of one CPU core the first time), score with OSA, SDD,
+    SPS and match (--thresholds auto), print clean kept / noise caught per
+    method and write the report page."""
     set_debug(debug)
     from cleaner.worlds.demo import run_demo
 
