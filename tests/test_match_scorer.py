@@ -52,8 +52,9 @@ def test_separates_and_decides_sanely(world, fitted, score):
     assert cols["match_keep"].dtype == bool
     assert roc_auc_score(~noisy, cols["match_score"]) > 0.985
     keep = cols["match_keep"]
-    assert keep[~noisy].mean() > 0.93  # clean kept
-    assert (~keep[noisy]).mean() > 0.93  # noise caught
+    # the default rule aims at 97.5% of the noise caught, estimated without labels
+    assert (~keep[noisy]).mean() > 0.96  # noise caught
+    assert keep[~noisy].mean() > 0.90  # clean kept
     # kept rows score above dropped ones: the decision is a cut on the score
     assert cols["match_score"][keep].min() >= cols["match_score"][~keep].max()
 

@@ -1,14 +1,19 @@
 """The ``match`` method's declaration: columns, options, and a fit that
-streams the cache once for a bounded, order-independent candidate set.
+collects a bounded, order-independent candidate set during the job's
+shared fit pass.
 
 The scorer draws its reference pool and its calibration sample as the rows
 of smallest seeded hash. Rows are identified by a hash of (shard, key), not
 by their position, so the same samples give the same pool and verdicts
-whatever their order. The fit pass keeps only rows whose hash falls under a
-threshold set from the expected count (with margin), so memory is bounded
-by the pool and sample sizes, not by the data; the scorer then picks exactly
-the rows it would have picked from all of them. The pool vectors are kept
-as an array file in the job's state folder (``ctx.save_arrays``).
+whatever their order. ``sample_columns`` (called on every shard in the fit
+pass that SDD and SPS read their samples in) offers each shard's rows to a
+streaming bottom-k (:class:`Candidates`), so memory is bounded by the pool
+and sample sizes, not by the data, and the scorer then picks exactly the
+rows it would have picked from all of them -- without reading the cache
+once more (at 1M rows a pass costs seconds; the cost target is 20% of the
+whole scoring). Without that pass (a fit called on its own), ``_candidates``
+streams the cache itself. The pool vectors are kept as an array file in
+the job's state folder (``ctx.save_arrays``).
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ class Match(Method):
     )
     fill_for_failed = {"match_keep": False}
     keep_expr = "match_keep"
+    # joins the job's shared fit pass (sample_columns) to collect its
+    # candidate rows there, instead of reading the whole cache once more
+    samples_rows = True
     options = (
         Option("match_score", "csls", "match: the score, csls | negclip | cosine.", type=str,
                check=_choice(("csls", "negclip", "cosine"))),
@@ -62,8 +70,16 @@ class Match(Method):
                type=int),
         Option("match_calibration", "null-iso", "match: calibration, null-iso | null-em | gmm.",
                type=str, check=_choice(("null-iso", "null-em", "gmm"))),
-        Option("match_keep_rule", "balanced", "match: keep rule, balanced | posterior | "
-               "null-alpha.", type=str, check=_choice(("balanced", "posterior", "null-alpha"))),
+        Option("match_keep_rule", "caught", "match: keep rule, caught | balanced | posterior | "
+               "null-alpha.", type=str,
+               check=_choice(("caught", "balanced", "posterior", "null-alpha"))),
+        Option("match_noise_caught", 0.975, "match: share of noisy pairs the caught rule aims "
+               "to drop (estimated without labels; 0 = the balanced cut)."),
+        Option("match_max_cost", 0.01, "match: the caught rule gives up at most this much of "
+               "the estimated clean kept + noise caught (share) to reach its target."),
+        Option("match_search_dim", 128, "match: CSLS side statistics in this many principal "
+               "dimensions of the pool.", type=int),
+        Option("match_nprobe", 8, "match: CSLS pool cells compared with each query.", type=int),
     )  # fmt: skip
 
     def check_options(self, options: dict) -> None:
@@ -80,11 +96,24 @@ class Match(Method):
             score=o["match_score"], k=o["match_k"], pool_size=o["match_pool_size"],
             batch_size=o["match_batch_size"], temperature=o["match_temperature"], seed=seed,
             calibration=o["match_calibration"], keep_rule=o["match_keep_rule"],
-            fit_size=o["match_fit_size"],
+            fit_size=o["match_fit_size"], noise_caught=o["match_noise_caught"],
+            max_cost=o["match_max_cost"],
+            search_dim=o["match_search_dim"], nprobe=o["match_nprobe"],
         )  # fmt: skip
 
+    def sample_columns(self, scorer, pairs, seed_key: str) -> dict[str, np.ndarray]:
+        """Offer the shard's rows to the scorer's candidate collector (rows
+        of smallest pool / fit-sample hash, so far); the one column returned
+        is a placeholder, the pipeline's sample of per-row values is unused."""
+        if getattr(scorer, "candidates", None) is None:
+            scorer.candidates = Candidates(scorer.settings)
+        scorer.candidates.offer(stable_ids(seed_key, pairs.keys), pairs.image, pairs.text)
+        return {"match_offered": np.ones(len(pairs.keys), dtype=bool)}
+
     def fit(self, scorer, ctx: FitContext) -> dict:
-        image, text, ids = _candidates(scorer, ctx)
+        collected = getattr(scorer, "candidates", None)
+        image, text, ids = collected.result() if collected else _candidates(scorer, ctx)
+        scorer.candidates = None
         if len(ids) < 3:
             raise ValueError("match needs at least 3 scorable samples to fit on")
         scorer.fit(image, text, ids)
@@ -105,6 +134,58 @@ class Match(Method):
 
     def transform(self, scorer, pairs, pools: dict, seed_key: str) -> dict[str, np.ndarray]:
         return scorer.transform(pairs.image, pairs.text, stable_ids(seed_key, pairs.keys))
+
+
+class Candidates:
+    """Streaming bottom-k: the rows of smallest pool hash (pool_size of them)
+    and of smallest fit-sample hash (fit_size), whatever order the shards
+    and rows come in. Memory: at most PRUNE x (pool_size + fit_size) rows."""
+
+    PRUNE = 1.25
+
+    def __init__(self, settings: dict):
+        self.settings = settings
+        self.parts: list[tuple] = []
+        self.size = 0
+        self.limits = None  # (pool, fit) hash thresholds once pruned
+
+    def offer(self, ids: np.ndarray, image: np.ndarray, text: np.ndarray) -> None:
+        from cleaner.methods.match.pool import SALT_FIT, SALT_POOL, row_hash
+
+        seed = self.settings["seed"]
+        hp, hf = row_hash(ids, seed, SALT_POOL), row_hash(ids, seed, SALT_FIT)
+        keep = np.ones(len(ids), dtype=bool)
+        if self.limits is not None:
+            keep = (hp <= self.limits[0]) | (hf <= self.limits[1])
+        if keep.any():
+            self.parts.append((hp[keep], hf[keep], ids[keep], image[keep], text[keep]))
+            self.size += int(keep.sum())
+        if self.size > self.PRUNE * (self.settings["pool_size"] + self.settings["fit_size"]):
+            self._prune()
+
+    def _prune(self) -> None:
+        hp, hf = (
+            np.concatenate([p[0] for p in self.parts]),
+            np.concatenate([p[1] for p in self.parts]),
+        )
+        st = self.settings
+        pool_k, fit_k = min(st["pool_size"], len(hp)), min(st["fit_size"], len(hp))
+        lim_p = np.partition(hp, pool_k - 1)[pool_k - 1]
+        lim_f = np.partition(hf, fit_k - 1)[fit_k - 1]
+        # only the kept rows of each part are copied (vectors are the bulk)
+        masks = [(p[0] <= lim_p) | (p[1] <= lim_f) for p in self.parts]
+        self.parts = [tuple(np.concatenate([p[i][m] for p, m in zip(self.parts, masks)])
+                            for i in range(5))]  # fmt: skip
+        self.size = len(self.parts[0][0])
+        if len(hp) >= st["pool_size"] and len(hp) >= st["fit_size"]:
+            self.limits = (lim_p, lim_f)
+
+    def result(self):
+        if not self.parts:
+            return np.zeros((0, 1), np.float32), np.zeros((0, 1), np.float32), np.zeros(0, np.int64)
+        self._prune()
+        _, _, ids, image, text = self.parts[0]
+        return image, text, ids
 
 
 def _candidates(scorer, ctx: FitContext):

@@ -7,7 +7,9 @@ and calibrates the result without labels:
 
 - ``score="csls"`` (Lample et al., ICLR 2018): ``2 cos(x, y) - r_T(x) -
   r_I(y)``, r_T(x) the mean cosine of x's k nearest pool texts, r_I(y) of
-  y's k nearest pool images (exact faiss ``IndexFlatIP`` search).
+  y's k nearest pool images (:mod:`.search`: exact search up to
+  ``exact_max`` pool rows; above, candidates from a ``search_dim``-d
+  projection and inverted lists, re-scored exactly).
 - ``score="negclip"`` (Wang et al., NeurIPS 2024): ``cos - tau/2 *
   mean_b [lse_{j in b} cos(x, y_j)/tau + lse_{j in b} cos(x_j, y)/tau]``
   over the pool's K = pool_size // batch_size random batches b, the pair
@@ -44,7 +46,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cleaner.methods.match import calibrate, stats
+from cleaner.methods.match import calibrate, search, stats
 from cleaner.methods.match.pool import (
     SALT_FIT,
     SALT_NULL,
@@ -95,15 +97,29 @@ class MatchScorer:
     calibration : {"null-iso", "null-em", "gmm"}, default "null-iso"
         See :mod:`.calibrate`; null-iso assumes no shape and stays calibrated
         on every score.
-    keep_rule : {"balanced", "posterior", "null-alpha"}, default "balanced"
-        balanced stays within about half a point of the best label-chosen
-        cut at every noise level; see :mod:`.calibrate`.
+    keep_rule : {"caught", "balanced", "posterior", "null-alpha"}, default "caught"
+        caught: the balanced cut (within about half a point of the best
+        label-chosen cut at every noise level), raised until the estimated
+        share of noise caught reaches ``noise_caught``; see :mod:`.calibrate`.
+    noise_caught : float, default 0.975
+        Share of noisy pairs the ``caught`` rule aims to drop (0: balanced).
+        0.975 is the share OSA's published CLIP figures catch.
+    max_cost : float, default 0.01
+        The ``caught`` rule stops raising its cut where the estimated clean
+        kept + noise caught is this far below its best (one point).
     fit_size : int, default 2**15
         Rows whose scores (and shuffled pairs) the calibration is fitted on.
     null_rounds : int, default 4
         Shuffled pairs per fit row (each round a derangement).
     alpha : float, default 0.02
         Share of mismatched pairs the ``null-alpha`` rule lets through.
+    search_dim : int, default 128
+        CSLS: the side statistics are computed in this many dimensions of
+        the pool's principal subspace (see :mod:`.search`).
+    nprobe : int, default 8
+        CSLS: cells (of about sqrt(pool_size)) each query is compared with.
+    exact_max : int, default 4096
+        CSLS: pools up to this size are compared with every query in full.
     """
 
     def __init__(
@@ -115,10 +131,15 @@ class MatchScorer:
         temperature: float = 0.03,
         seed: int = 0,
         calibration: str = "null-iso",
-        keep_rule: str = "balanced",
+        keep_rule: str = "caught",
         fit_size: int = 1 << 15,
         null_rounds: int = 4,
         alpha: float = 0.02,
+        noise_caught: float = 0.975,
+        max_cost: float = 0.01,
+        search_dim: int = 128,
+        nprobe: int = 8,
+        exact_max: int = 4096,
     ):
         if score not in stats.SCORES:
             raise ValueError(f"score must be one of {stats.SCORES}, got {score!r}")
@@ -126,12 +147,15 @@ class MatchScorer:
             raise ValueError(f"calibration must be one of {calibrate.CALIBRATIONS}")
         if keep_rule not in calibrate.KEEP_RULES:
             raise ValueError(f"keep_rule must be one of {calibrate.KEEP_RULES}")
-        if min(k, pool_size, batch_size, fit_size, null_rounds) < 1 or not temperature > 0:
-            raise ValueError(
-                "k, pool_size, batch_size, fit_size, null_rounds, temperature must be > 0"
-            )
+        if min(k, pool_size, batch_size, fit_size, null_rounds, search_dim, nprobe) < 1 \
+                or exact_max < 0 or not temperature > 0:  # fmt: skip
+            raise ValueError("k, pool_size, batch_size, fit_size, null_rounds, temperature, "
+                             "search_dim, nprobe must be > 0")  # fmt: skip
         if not 0.0 < alpha < 1.0:
             raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+        if not 0.0 <= noise_caught < 1.0 or not max_cost >= 0.0:
+            raise ValueError(f"noise_caught must lie in [0, 1) and max_cost be >= 0, got "
+                             f"{noise_caught}, {max_cost}")  # fmt: skip
         self.settings = {
             "score": score,
             "k": int(k),
@@ -144,6 +168,11 @@ class MatchScorer:
             "fit_size": int(fit_size),
             "null_rounds": int(null_rounds),
             "alpha": float(alpha),
+            "noise_caught": float(noise_caught),
+            "max_cost": float(max_cost),
+            "search_dim": int(search_dim),
+            "nprobe": int(nprobe),
+            "exact_max": int(exact_max),
         }
         self.pool: Pool | None = None
         self.calibration: dict | None = None
@@ -159,7 +188,7 @@ class MatchScorer:
         st, pool = self.settings, self.pool
         other = pool.text if side == "image" else pool.image
         if st["score"] == "csls" and side not in self._indexes:
-            self._indexes[side] = stats.flat_index(other)
+            self._indexes[side] = self._pool_search(other)
         return stats.side_stats(
             vecs,
             other,
@@ -169,6 +198,13 @@ class MatchScorer:
             st["temperature"],
             index=self._indexes.get(side),
         )
+
+    def _pool_search(self, vectors: np.ndarray) -> search.PoolSearch:
+        st, pool = self.settings, self.pool
+        if "basis" not in self._indexes:  # one projection for both sides
+            self._indexes["basis"] = search.projection(pool.image, pool.text, st["search_dim"])
+        nlist = 1 if len(pool) <= st["exact_max"] else search.default_nlist(len(pool))
+        return search.PoolSearch(vectors, self._indexes["basis"], nlist, st["nprobe"], st["seed"])
 
     def _pair(self, cos, img_stats, txt_stats, text_rows, image_rows) -> np.ndarray:
         st = self.settings
@@ -233,7 +269,9 @@ class MatchScorer:
         sample = smallest_hash(row_ids, st["seed"], SALT_FIT, st["fit_size"])
         real, null = self._real_and_null(image[sample], text[sample], row_ids[sample])
         self.fit_scores = {"real": real, "null": null}
-        self.calibration = calibrate.fit_calibration(st["calibration"], real, null, st["alpha"])
+        self.calibration = calibrate.fit_calibration(
+            st["calibration"], real, null, st["alpha"], st["noise_caught"], st["max_cost"]
+        )
         self.fit_summary = {
             "n_fit": int(len(sample)),
             "n_null": int(len(null)),

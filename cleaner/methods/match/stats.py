@@ -8,8 +8,9 @@ the method linear in n *and* lets the fit score thousands of shuffled pairs
 Side statistics (:func:`side_stats`) of a query vector q against the pool's
 other modality:
 
-- ``top_val`` / ``top_idx``: the k+1 largest cosines and their pool
-  positions (faiss exact ``IndexFlatIP`` search), for CSLS;
+- ``top_val``: the k+1 largest cosines with the pool side, in the search's
+  projection (:class:`.search.PoolSearch`), and ``proj``: the query's own
+  projected vector (to recognise a pair's candidate among them), for CSLS;
 - ``lse``: per negCLIPLoss batch b, ``log sum_{p in b} exp(cos(q, v_p) / tau)``.
 
 Candidate exclusion. A pair (x, y) is compared with the pool *minus its own
@@ -17,24 +18,24 @@ candidate*: CSLS drops y from x's neighbours (and x from y's) when it is a
 pool member, negCLIPLoss counts y once in x's batch normaliser whether or
 not y is a member (the paper's "batch containing the pair"). Without it a
 clean pool member would be its own nearest neighbour and be penalised, and
-shuffled pairs would not follow the same rule as real ones.
+shuffled pairs would not follow the same rule as real ones. CSLS's search
+returns values only, so a member candidate is recognised by its value: the
+pair's projected cosine (equal up to float rounding, :data:`_SAME`).
 """
 
 from __future__ import annotations
 
-import faiss
 import numpy as np
 
+from cleaner.methods.match.search import PoolSearch
+
 SCORES = ("csls", "negclip", "cosine")
+# Two projected cosines this close are the same pool row (float32 products
+# of the same vectors summed in another order differ by ~1e-6).
+_SAME = 5e-5
 # Rows per block when forming (rows x pool) similarity matrices: bounds the
 # temporary to block * pool floats (64 MiB at a pool of 2**16).
 _BLOCK_ELEMS = 1 << 24
-
-
-def flat_index(vectors: np.ndarray) -> faiss.IndexFlatIP:
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-    return index
 
 
 def side_stats(
@@ -44,16 +45,17 @@ def side_stats(
     k: int,
     batch_starts: np.ndarray,
     temperature: float,
-    index: faiss.Index | None = None,
+    index: PoolSearch | None = None,
 ) -> dict[str, np.ndarray]:
-    """Statistics of ``query`` rows against the pool vectors of the other side."""
+    """Statistics of ``query`` rows against the pool vectors of the other side
+    (CSLS searches ``index``; exact when none is given)."""
     query = np.ascontiguousarray(query, dtype=np.float32)
     out: dict[str, np.ndarray] = {}
     if score == "csls":
         kk = min(k + 1, len(pool_vecs))
-        index = index if index is not None else flat_index(pool_vecs)
-        val, idx = index.search(query, kk)
-        out["top_val"], out["top_idx"] = val, idx.astype(np.int64)
+        index = index if index is not None else PoolSearch(pool_vecs, None, 1, 1, 0)
+        out["proj"] = index.project(query)
+        out["top_val"] = index.top_values(out["proj"], kk)
     elif score == "negclip":
         out["lse"] = _batch_lse(query, pool_vecs, batch_starts, temperature)
     return out
@@ -79,19 +81,22 @@ def _batch_lse(
     return out
 
 
-def _csls_side(top_val: np.ndarray, top_idx: np.ndarray, cand: np.ndarray, k: int) -> np.ndarray:
-    """Mean of the k largest pool cosines, the candidate excluded if among them."""
+def _csls_side(top_val: np.ndarray, cand_val: np.ndarray, member: np.ndarray, k: int):
+    """Mean of the k largest pool cosines, the candidate excluded if among
+    them (a member whose value is in the list; the first such entry)."""
     kk = top_val.shape[1]
     k = min(k, kk)
-    hit = top_idx == cand[:, None]
-    has = hit.any(axis=1)
-    total = np.where(hit, 0.0, top_val.astype(np.float64)).sum(axis=1)
+    hit = member[:, None] & (np.abs(top_val - cand_val[:, None]) <= _SAME)
+    first = hit & (np.cumsum(hit, axis=1) == 1)
+    has = first.any(axis=1)
+    vals = np.where(np.isfinite(top_val), top_val, 0.0).astype(np.float64)
+    total = np.where(first, 0.0, vals).sum(axis=1)
     # without the candidate among the k+1, drop the (k+1)-th instead
     if kk > k:
-        total -= np.where(has, 0.0, top_val[:, k])
-    else:  # the pool is smaller than k+1: average what is left
-        return total / np.maximum(kk - has, 1)
-    return total / k
+        total -= np.where(has, 0.0, vals[:, k])
+        return total / k
+    finite = np.isfinite(top_val).sum(axis=1)  # the pool is smaller than k+1
+    return total / np.maximum(finite - has, 1)
 
 
 def _negclip_side(lse: np.ndarray, cos: np.ndarray, cand_batch: np.ndarray, t: float):
@@ -122,8 +127,9 @@ def pair_scores(
     if score == "cosine":
         return cos
     if score == "csls":
-        r_text = _csls_side(img_stats["top_val"], img_stats["top_idx"], cand_text, k)
-        r_image = _csls_side(txt_stats["top_val"], txt_stats["top_idx"], cand_image, k)
+        pcos = np.einsum("ij,ij->i", img_stats["proj"], txt_stats["proj"])
+        r_text = _csls_side(img_stats["top_val"], pcos, cand_text >= 0, k)
+        r_image = _csls_side(txt_stats["top_val"], pcos, cand_image >= 0, k)
         return 2.0 * cos - r_text - r_image
     if score == "negclip":
         bt = np.where(cand_text >= 0, batch_of[np.maximum(cand_text, 0)], -1)
