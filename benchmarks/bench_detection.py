@@ -14,6 +14,15 @@ Data (generated here, seeds disjoint from the pre-training data):
 - label sets: N single-object images (``max_objects=1``; label = the shape)
   with symmetric label noise at 20%, 50%, 80% (``shapes.add_label_noise``).
 
+Issue 15 adds, per caption set, a third run on the same embedding cache:
+``osa,sdd,sps,match`` with ``--thresholds auto``; each method's verdict is
+its own keep rule as the registry declares it (``Method.keep_where`` of the
+sidecar's fitted params, evaluated on the sidecar) and its score is the
+method's score column (``osa_weight``, ``sdd_w_con``, ``sps_clean_prob``,
+``match_score``). Targets at in-domain 50%: every method's auto verdict
+keeps >= 95% of the clean and catches >= 98% of the noisy pairs, and every
+method's score AUROC lies within 0.005 of the best score's.
+
 Each set is scored ONCE through ``pipelines.score_job.run_score`` -- what
 ``nclean score`` runs -- (caption sets: ``osa,sdd,sps`` with the default
 ``noise`` beta; label sets: ``clipcleaner`` with in-vocabulary prompts
@@ -94,6 +103,14 @@ HEADLINE_SET = "in-domain 50%"
 TOP_FRACTION = 0.30
 TARGET_CLEAN_KEPT, TARGET_NOISE_CAUGHT, TARGET_AUROC = 0.95, 0.98, 0.99
 TARGET_METHODS = ("OSA (noise beta)", "OSA (shuffled beta)", "SDD")
+# --thresholds auto (issue 15): method -> (row name, score column)
+AUTO_METHODS = {
+    "osa": ("OSA (auto)", "osa_weight"),
+    "sdd": ("SDD (auto)", "sdd_w_con"),
+    "sps": ("SPS (auto run)", "sps_clean_prob"),
+    "match": ("match (auto)", "match_score"),
+}
+TARGET_AUROC_GAP = 0.005
 METRIC_COLUMNS = [
     "clean kept %",
     "noise caught %",
@@ -250,9 +267,26 @@ def score_caption_set(folder: Path, model: str, ckpt: Path, progress: bool) -> d
         )
     )
     t2 = time.perf_counter()
+    run_score(
+        ScoreJob(
+            out=str(folder / "scores_auto.parquet"),
+            embeddings=str(folder / "emb"),
+            settings=ScoreSettings(methods=list(AUTO_METHODS), thresholds="auto", seed=0),
+            workers=1,
+            overwrite=True,
+            progress=progress,
+            argv=["bench_detection", "--embeddings", "--thresholds", "auto"],
+        )
+    )
+    t3 = time.perf_counter()
+    from cleaner.io.sidecar import read_sidecar
+
     return {
         "frame": _read(folder / "scores.parquet", truth),
         "frame_shuffled": _read(folder / "scores_shuffled.parquet", truth),
+        "frame_auto": _read(folder / "scores_auto.parquet", truth),
+        "meta_auto": read_sidecar(folder / "scores_auto.parquet", columns=["key"])[1],
+        "seconds_auto": t3 - t2,
         "noisy": np.asarray(truth["noisy"], bool),
         "fit": main.fit,
         "beta_noise": main.fit["beta"],
@@ -377,7 +411,56 @@ def caption_rows(res: dict) -> dict[str, dict]:
     p_low = gmm.predict_proba(loss)[:, int(np.argmin(gmm.means_.ravel()))]
     out["small-loss GMM"] = detection_metrics(p_low > 0.5, p_low, noisy)
     res["midpoints"] = {"range": float(mid), "gmm_means": float(means.mean())}
+    out.update(auto_rows(res))
     return out
+
+
+def auto_rows(res: dict) -> dict[str, dict]:
+    """Each method's ``--thresholds auto`` verdict, by its own declared keep
+    rule (``keep_where`` of the fitted params, from the registry), and the
+    AUROC of its score column; plus the raw cosine's AUROC for reference."""
+    from cleaner.methods import catalog
+    from cleaner.train.weights import evaluate
+
+    f, noisy, params = res["frame_auto"], res["noisy"], res["meta_auto"]["params"]
+    out, rules = {}, {}
+    for m, (row, score) in AUTO_METHODS.items():
+        rule = catalog.get(m).keep_where(params.get(m) or {})
+        rules[row] = rule
+        out[row] = detection_metrics(evaluate(f, rule), f[score], noisy)
+    cos = f["cosine"].to_numpy(np.float64)
+    res["auto_cosine_auroc"] = detection_metrics(np.ones(len(cos), bool), cos, noisy)["AUROC"]
+    res["auto_rules"] = rules
+    return out
+
+
+def auto_target_sentences(
+    rows: dict[str, dict], rules: dict[str, str], cosine_auroc: float
+) -> tuple[list[str], list[str]]:
+    """Issue 15's shapes-world targets, per method, with the miss in points."""
+    aurocs = {row: rows[row]["AUROC"] for row in rules} | {"the raw cosine": cosine_auroc}
+    best_name = max(aurocs, key=aurocs.get)
+    best = aurocs[best_name]
+    lines = [f"Best score AUROC: {best:.4f} ({best_name}).\n"]
+    met = []
+    for row, rule in rules.items():
+        r = rows[row]
+        misses = []
+        if r["clean kept %"] < 100 * TARGET_CLEAN_KEPT:
+            misses.append(f"clean kept missed by {100 * TARGET_CLEAN_KEPT - r['clean kept %']:.2f} points")
+        if r["noise caught %"] < 100 * TARGET_NOISE_CAUGHT:
+            misses.append(f"noise caught missed by {100 * TARGET_NOISE_CAUGHT - r['noise caught %']:.2f} points")
+        gap = best - r["AUROC"]
+        if gap > TARGET_AUROC_GAP:
+            misses.append(f"AUROC {gap:.4f} below the best, {gap - TARGET_AUROC_GAP:.4f} past the 0.005 allowed")
+        verdict = "**met**" if not misses else "**missed** (" + "; ".join(misses) + ")"
+        lines.append(
+            f"- {row}, keep rule `{rule}`: clean kept {r['clean kept %']:.2f}%, noise caught "
+            f"{r['noise caught %']:.2f}%, score AUROC {r['AUROC']:.4f} ({gap:.4f} below the best) -> {verdict}."
+        )
+        if not misses:
+            met.append(row)
+    return lines, met
 
 
 def _precision_at_recall(scores: np.ndarray, clean: np.ndarray, recall: float) -> float:
@@ -628,6 +711,7 @@ def main() -> None:
     args = ap.parse_args()
     n = args.n or (600 if args.quick else 3000)
     started = time.time()
+    load_start = os.getloadavg()
 
     import torch
 
@@ -730,6 +814,8 @@ def main() -> None:
     ]
     t_lines, t_met = target_sentences(caption)
     l_lines, l_met = label_sentences(labels)
+    head = results[HEADLINE_SET]
+    a_lines, a_met = auto_target_sentences(caption[HEADLINE_SET], head["auto_rules"], head["auto_cosine_auroc"])
     body += [
         f"{HEADLINE_SET}: OSA and SDD keep >= 95% of clean, catch >= 98% of noisy, AUROC >= 0.99.\n",
         "\n".join(t_lines) + "\n",
@@ -738,6 +824,30 @@ def main() -> None:
         f"\nSummary: caption target met by {', '.join(t_met) or 'none of ' + ', '.join(TARGET_METHODS)}"
         f" ({len(t_met)} of {len(TARGET_METHODS)}); label target met at "
         f"{', '.join(l_met) or 'no noise level'} ({len(l_met)} of {len(labels)}).\n",
+        "\n### Issue 15 targets: `--thresholds auto`, every method\n",
+        f"{HEADLINE_SET}, scored with `--methods {','.join(AUTO_METHODS)} --thresholds auto` on the same "
+        "embeddings: every method's verdict (its declared keep rule, filled from the sidecar's fitted "
+        "params) keeps >= 95% of the clean and catches >= 98% of the noisy pairs; every method's score "
+        "AUROC within 0.005 of the best score's (the raw cosine counts as a score).\n",
+        "\n".join(a_lines) + "\n",
+        f"\nSummary: met by {', '.join(a_met) or 'none'} ({len(a_met)} of {len(AUTO_METHODS)}). "
+        f"OSA's auto form: `{results[HEADLINE_SET]['meta_auto']['params']['osa'].get('form')}`, beta "
+        f"{results[HEADLINE_SET]['meta_auto']['params']['osa']['beta']['value']:.4f}; SDD's alpha "
+        f"{results[HEADLINE_SET]['meta_auto']['params']['sdd']['alpha']:.2f}, beta_c "
+        f"{results[HEADLINE_SET]['meta_auto']['params']['sdd']['beta_c']:.2f} (paper: 20 / 30).\n",
+        "\nThe same, every caption set (not targets; shifted 50% is an unfamiliar domain):\n",
+        md_table(
+            ["set", "method", "keep rule", "clean kept %", "noise caught %", "AUROC"],
+            [
+                [nm, row, f"`{results[nm]['auto_rules'].get(row, '-')}`",
+                 caption[nm][row]["clean kept %"], caption[nm][row]["noise caught %"], caption[nm][row]["AUROC"]]
+                for nm, _, _ in CAPTION_SETS
+                for row, _ in AUTO_METHODS.values()
+            ],
+        ),
+        "\nRaw cosine AUROC of each set (reference): "
+        + "; ".join(f"{nm} {results[nm]['auto_cosine_auroc']:.4f}" for nm, _, _ in CAPTION_SETS)
+        + ".\n",
         "\n### Findings (computed from the tables)\n",
         "\n".join(finding_sentences(caption, results)) + "\n",
         "\n### All caption sets\n",
@@ -771,14 +881,17 @@ def main() -> None:
     for name, path in plots:
         body.append(f"- {name}: [{path.name}](results/{path.name})")
     timing = "; ".join(
-        f"{nm} {sum(results[nm]['seconds']):.0f} s"
+        f"{nm} {sum(results[nm]['seconds']) + results[nm]['seconds_auto']:.0f} s"
         if isinstance(results[nm]["seconds"], tuple)
         else f"{nm} {results[nm]['seconds']:.0f} s"
         for nm in results
     )
     body.append(
         f"\nScoring wall time per set (embed + fit + index + transform, plus the shuffled-beta "
-        f"rerun for caption sets): {timing}.\n"
+        f"and the auto reruns for caption sets): {timing}. Load average (1/5/15 min) at the start "
+        f"{load_start[0]:.2f} / {load_start[1]:.2f} / {load_start[2]:.2f}, at the end "
+        + " / ".join(f"{x:.2f}" for x in os.getloadavg())
+        + " (2 cores shared with other jobs).\n"
     )
 
     cmd = (

@@ -205,7 +205,8 @@ def test_html_report_all_methods(full, tmp_path):
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)
     assert not list(index.parent.glob(".*.tmp"))  # atomic writes leave no temp files
     csv_rows = (index.parent / "shards.csv").read_text().splitlines()
-    assert csv_rows[0].startswith("shard,rows,ok,failed,osa w>0,sdd keep")
+    # each method's kept count is by its own keep rule (the registry's keep_expr)
+    assert csv_rows[0].startswith("shard,rows,ok,failed,osa keep,sdd keep,sdd clean set,sps keep")
     assert csv_rows[1].startswith("00000.tar,205,200,5,")
 
 
@@ -214,9 +215,12 @@ def test_counts_are_exact(full):
     t = pa.parquet.read_table(full).to_pandas()  # the small fixture fits in memory
     ok = t.status == "ok"
     assert d.n_rows == len(t) and d.status == t.status.value_counts().to_dict()
-    assert d.total("osa_kept") == int((ok & (t.osa_weight > 0)).sum())
+    beta = BETA["value"]
+    assert d.rules["osa"] == f"cosine > {beta!r}"  # OSA's own rule, d > 0
+    assert d.total("osa_kept") == int((ok & (t.cosine > beta)).sum())
     assert d.total("sdd_kept") == int(t.sdd_keep.sum())
-    assert d.total("cc_selected") == int(t.cc_selected.sum())
+    assert d.total("clipcleaner_kept") == int(t.cc_selected.sum())
+    assert d.total("sps_kept") == int((ok & (t.sps_partition != "noisy")).sum())
     for p in ("reliable", "quasi", "noisy"):
         assert d.total(f"sps_{p}") == int((t.sps_partition == p).sum())
     assert d.mean("cosine") == pytest.approx(t.cosine[ok].mean(), rel=1e-6)

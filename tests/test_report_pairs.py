@@ -201,7 +201,7 @@ def test_page_shows_pairs_reading_only_those_samples(world, tmp_path, monkeypatc
     assert 'id="pairs"' in page and 'href="#pairs"' in page
     imgs = re.findall(r'<img src="data:image/jpeg;base64,([^"]+)"', page)
     assert len(imgs) == len(sel.all_picks())
-    for title in ("OSA keeps cosine &gt; beta (0.1500)", "SDD keeps", "SPS keeps"):
+    for title in ("OSA keeps cosine &gt; 0.15:", "SDD keeps sdd_keep:", "SPS keeps sps_partition != &#x27;noisy&#x27;:"):
         assert title in page
     for _, title in KINDS:
         assert title.format(score="cosine") in page or title.format(score="sps_clean_prob") in page

@@ -4,7 +4,11 @@ Sidecars can hold billions of rows, so the reader streams record batches of
 only the columns a report needs and never holds a whole column:
 
 - counts (statuses, per-shard kept / dropped, SPS partitions, CLIPCleaner
-  selections per class) and means are exact, tallied over every row;
+  selections per class) and means are exact, tallied over every row; a
+  method's kept rows are those its own keep rule keeps (``keep_expr`` as the
+  method registry declares it, filled from the sidecar's fitted params: the
+  rule ``nclean score`` prints), so the report and the score summary count
+  alike, for a method registered at run time too;
 - histograms and quantiles come from a seeded uniform sample of at most
   ``max_sample_rows`` rows (default 2,000,000).
 
@@ -14,6 +18,8 @@ all read the same :class:`ReportData` and none of them touches Parquet.
 
 from __future__ import annotations
 
+import ast
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,20 +30,57 @@ import pyarrow.parquet as pq
 
 from cleaner.errors import ConfigError, InputError
 from cleaner.io import schema as S
+from cleaner.methods import catalog
+from cleaner.train.expressions import evaluate_table
 
 MAX_SAMPLE_ROWS = 2_000_000
 BATCH_ROWS = 262_144
 PARTITIONS = ("reliable", "quasi", "noisy")
 OSA_PEAK = 4.0 / 27.0  # the OSA weight's maximum (cleaner.methods.osa.scorer.OSA_PEAK)
 
-# Per-shard counters, in table order; each is present only with its method.
+# Per-shard counters besides each method's kept count (``<method>_kept``,
+# by its keep rule), in table order; each is present only with its method.
 SHARD_COUNTERS = {
-    "osa": [("osa_kept", "osa w>0")],
-    "sdd": [("sdd_kept", "sdd keep"), ("sdd_clean", "sdd clean set")],
+    "sdd": [("sdd_clean", "sdd clean set")],
     "sps": [(f"sps_{p}", f"sps {p}") for p in PARTITIONS],
-    "clipcleaner": [("cc_selected", "cc selected")],
-    "match": [("match_kept", "match keep")],
 }
+
+
+def keep_rules(methods: list[str], meta: dict) -> dict[str, str]:
+    """Each method's keep rule for this sidecar: its registered ``keep_expr``
+    filled from the fitted params in the metadata (methods without one, or
+    not registered in this process, have none)."""
+    params = meta.get("params") or {}
+    rules = {}
+    for m in methods:
+        method = catalog.REGISTRY.get(m)
+        p = params.get(m) or {}
+        if m == "osa" and "beta" not in p and meta.get("beta"):
+            p = {**p, "beta": meta["beta"]}  # sidecars from before params carried it
+        rule = method.keep_where(p) if method is not None else None
+        if rule:
+            rules[m] = rule
+    return rules
+
+
+def rule_text(rule: str) -> str:
+    """A keep rule for a title or a label: long decimals cut to 4 places."""
+    return re.sub(r"-?\d+\.\d{5,}(?:e-?\d+)?", lambda m: f"{float(m.group()):.4f}", rule)
+
+
+def rule_columns(rule: str) -> set[str]:
+    """The sidecar columns a keep rule reads."""
+    return {n.id for n in ast.walk(ast.parse(rule, mode="eval")) if isinstance(n, ast.Name)}
+
+
+def shard_counters(d: ReportData) -> list[tuple[str, str]]:
+    """(counter, label) of the per-shard table: each method's kept count, then its extras."""
+    out = []
+    for m in d.methods:
+        if m in d.rules:
+            out.append((f"{m}_kept", f"{m} keep"))
+        out += SHARD_COUNTERS.get(m, [])
+    return out
 
 
 @dataclass
@@ -48,6 +91,7 @@ class ReportData:
     files: list[Path]
     meta: dict
     methods: list[str]
+    rules: dict[str, str] = field(default_factory=dict)  # method -> its keep rule (keep_rules)
     n_rows: int = 0
     status: dict[str, int] = field(default_factory=dict)
     shards: list[str] = field(default_factory=list)
@@ -84,9 +128,9 @@ class ReportData:
         return (self.meta.get("params") or {}).get(method) or {}
 
 
-def _columns_for(methods: list[str]) -> list[str]:
+def _columns_for(methods: list[str], rules: dict[str, str]) -> list[str]:
     """The only columns a report reads (keys, uids and neighbour keys are skipped)."""
-    cols = ["shard", "status"]
+    cols = ["shard", "status", *sorted(set().union(*map(rule_columns, rules.values())))]
     if "osa" in methods:
         cols += ["cosine", "osa_weight"]
     if "sdd" in methods:
@@ -97,7 +141,7 @@ def _columns_for(methods: list[str]) -> list[str]:
         cols += ["label", "cc_selected", "cc_label_quality"]
     if "match" in methods:
         cols += ["match_keep", "match_clean_prob"]
-    return cols
+    return list(dict.fromkeys(cols))
 
 
 def sidecar_files(path: str | Path) -> list[Path]:
@@ -144,7 +188,7 @@ class _Tally:
         self.rng = np.random.default_rng(data.seed)
         self.shard_id: dict[str, int] = {}
         self.parts: dict[str, list[np.ndarray]] = {}
-        names = ["rows", "ok"] + [c for m in data.methods for c, _ in SHARD_COUNTERS[m]]
+        names = ["rows", "ok"] + [c for c, _ in shard_counters(data)]
         data.per_shard = {n: np.zeros(0, np.int64) for n in names}
 
     # -- helpers -----------------------------------------------------------
@@ -195,26 +239,29 @@ class _Tally:
         # One Bernoulli draw per row (ok or not), so the sample is uniform
         # over ok rows and the same for the same file.
         take = ok & (self.rng.random(n) < self.p) if self.p < 1 else ok
-        for method in self.d.methods:
-            getattr(self, f"_add_{method}")(batch, ok, sid, take)
+        table = pa.Table.from_batches([batch])
+        for method, rule in self.d.rules.items():
+            keep = evaluate_table(table, rule, True) & ok  # unknown (null) is not kept
+            self._count(f"{method}_kept", sid, keep)
+            self._keep_sample(f"{method}_keep", keep, take)
+        for method in self.d.methods:  # what a report shows beside the verdict
+            extra = getattr(self, f"_add_{method}", None)
+            if extra is not None:
+                extra(batch, ok, sid, take)
 
     def _add_osa(self, batch, ok, sid, take):
         cosine = _float(batch.column("cosine"))
         weight = _float(batch.column("osa_weight"))
         self._sum("cosine", cosine, ok)
         self._sum("osa_weight", weight, ok)
-        self._count("osa_kept", sid, ok & (weight > 0))
         self._keep_sample("cosine", cosine, take)
         self._keep_sample("osa_weight", weight, take)
 
     def _add_sdd(self, batch, ok, sid, take):
-        keep = _bool(batch.column("sdd_keep"))
         w_con = _float(batch.column("sdd_w_con"))
         self._sum("sdd_w_con", w_con, ok)
-        self._count("sdd_kept", sid, ok & keep)
         self._count("sdd_clean", sid, ok & _bool(batch.column("sdd_clean")))
         self._keep_sample("sdd_w_con", w_con, take)
-        self._keep_sample("sdd_keep", keep, take)
 
     def _add_sps(self, batch, ok, sid, take):
         loss = _float(batch.column("sps_loss"))
@@ -230,7 +277,6 @@ class _Tally:
         selected = _bool(batch.column("cc_selected"))
         quality = _float(batch.column("cc_label_quality"))
         self._sum("cc_label_quality", quality, ok)
-        self._count("cc_selected", sid, ok & selected)
         label = pc.fill_null(batch.column("label"), -1).to_numpy(zero_copy_only=False)
         has = ok & (label >= 0)
         n_cls = max(len(self.d.class_rows), int(label[has].max()) + 1 if has.any() else 0)
@@ -241,15 +287,11 @@ class _Tally:
             label[has & selected], minlength=n_cls
         )
         self._keep_sample("cc_label_quality", quality, take)
-        self._keep_sample("cc_selected", selected, take)
 
     def _add_match(self, batch, ok, sid, take):
-        keep = _bool(batch.column("match_keep"))
         prob = _float(batch.column("match_clean_prob"))
         self._sum("match_clean_prob", prob, ok)
-        self._count("match_kept", sid, ok & keep)
         self._keep_sample("match_clean_prob", prob, take)
-        self._keep_sample("match_keep", keep, take)
 
     def finish(self) -> None:
         cap = self.d.max_sample_rows
@@ -288,12 +330,13 @@ def load_report_data(
         files=files,
         meta=meta,
         methods=methods,
+        rules=keep_rules(methods, meta),
         max_sample_rows=max_sample_rows,
         seed=seed,
     )
     total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     tally = _Tally(data, min(1.0, max_sample_rows / total) if total else 1.0)
-    columns = _columns_for(methods)
+    columns = _columns_for(methods, data.rules)
     for f in files:
         try:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=BATCH_ROWS, columns=columns):

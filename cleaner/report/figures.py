@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cleaner.report.data import OSA_PEAK, PARTITIONS, ReportData
+from cleaner.report.data import OSA_PEAK, PARTITIONS, ReportData, rule_text
 from cleaner.report.plotting import (
     COLOR,
     bin_edges,
@@ -139,15 +139,15 @@ def fig_sps_loss(d: ReportData, out_dir: Path) -> str | None:
 
 def fig_cc_quality(d: ReportData, out_dir: Path) -> str | None:
     q = d.sample.get("cc_label_quality", np.zeros(0))
-    sel = d.sample.get("cc_selected", np.zeros(0, bool))
+    sel = d.sample.get("clipcleaner_keep", np.zeros(0, bool))  # by its keep rule
     fin = np.isfinite(q)
     if not fin.any():
         return None
     fig, (ax,) = new_figure()
     edges = bin_edges(q[fin], bins=50)
     labels = [
-        f"selected ({fmt_count(d.total('cc_selected'))})",
-        f"not selected ({fmt_count(d.ok_rows - d.total('cc_selected'))})",
+        f"selected ({fmt_count(d.total('clipcleaner_kept'))})",
+        f"not selected ({fmt_count(d.ok_rows - d.total('clipcleaner_kept'))})",
     ]
     # overlaid, not stacked: the two shapes are what the eye compares
     draw_hist(
@@ -203,38 +203,17 @@ def _shard_panels(d: ReportData) -> list[tuple[str, list[tuple[str, np.ndarray, 
     ps = d.per_shard
     failed = ps["rows"] - ps["ok"]
     panels = []
-    if "osa" in d.methods:
-        panels.append(
-            (
-                "OSA: osa_weight > 0",
-                [
-                    ("kept", ps["osa_kept"], COLOR["kept"]),
-                    ("weight 0", ps["ok"] - ps["osa_kept"], COLOR["dropped"]),
-                ],
+    for m in d.methods:
+        if m == "sps":  # its partitions say more than kept / dropped
+            panels.append(("SPS partitions", [(p, ps[f"sps_{p}"], COLOR[p]) for p in PARTITIONS]))
+        elif m in d.rules:  # each method's own keep rule (cleaner.report.data.keep_rules)
+            kept = ps[f"{m}_kept"]
+            panels.append(
+                (
+                    f"{m}: {rule_text(d.rules[m])}",
+                    [("kept", kept, COLOR["kept"]), ("dropped", ps["ok"] - kept, COLOR["dropped"])],
+                )
             )
-        )
-    if "sdd" in d.methods:
-        panels.append(
-            (
-                "SDD: sdd_keep",
-                [
-                    ("kept", ps["sdd_kept"], COLOR["kept"]),
-                    ("dropped", ps["ok"] - ps["sdd_kept"], COLOR["dropped"]),
-                ],
-            )
-        )
-    if "sps" in d.methods:
-        panels.append(("SPS partitions", [(p, ps[f"sps_{p}"], COLOR[p]) for p in PARTITIONS]))
-    if "clipcleaner" in d.methods:
-        panels.append(
-            (
-                "CLIPCleaner: cc_selected",
-                [
-                    ("selected", ps["cc_selected"], COLOR["kept"]),
-                    ("not selected", ps["ok"] - ps["cc_selected"], COLOR["dropped"]),
-                ],
-            )
-        )
     tail = [("failed", failed, COLOR["failed"])] if failed.any() else []  # no empty legend entry
     return [(title, parts + tail) for title, parts in panels]
 

@@ -1,8 +1,10 @@
-"""Each method's key numbers as (name, value) rows: OSA, SDD, SPS and CLIPCleaner.
+"""Each method's key numbers as (name, value) rows: OSA, SDD, SPS, CLIPCleaner, match.
 
 A module of its own because each method reads its own fitted parameters
 (thresholds, GMMs, settings) from the sidecar's metadata; the text and HTML
-renderers only look a method up in :data:`METHOD_ROWS`.
+renderers only ask :func:`rows_of` and :func:`title_of`. Kept / dropped
+counts are by each method's own keep rule (:func:`cleaner.report.data.keep_rules`),
+and a method registered without rows of its own here still gets those.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import math
 
 import numpy as np
 
-from cleaner.report.data import OSA_PEAK, PARTITIONS, ReportData
+from cleaner.report.data import OSA_PEAK, PARTITIONS, ReportData, rule_text
 from cleaner.report.tables import fmt_count, fmt_pct
 
 
@@ -53,6 +55,14 @@ def _gmm_text(gmm: dict | None, unit: str, scale: float = 1.0) -> list[tuple[str
     return rows
 
 
+def _kept_rows(d: ReportData, method: str) -> list[tuple[str, str]]:
+    """Kept / dropped by the method's own keep rule (none without a rule)."""
+    if method not in d.rules:
+        return []
+    kept, ok = d.total(f"{method}_kept"), d.ok_rows
+    return [(f"kept ({rule_text(d.rules[method])})", _share(kept, ok)), ("dropped", _share(ok - kept, ok))]
+
+
 def _thresholds_rows(p: dict) -> list[tuple[str, str]]:
     """How a seed method's constants were set (--thresholds) and the noise
     share of the cosine's label-free calibration."""
@@ -68,11 +78,8 @@ def _thresholds_rows(p: dict) -> list[tuple[str, str]]:
 
 
 def osa_rows(d: ReportData) -> list[tuple[str, str]]:
-    ok, p = d.ok_rows, d.params("osa")
-    kept = d.total("osa_kept")
-    rows = [
-        ("kept (osa_weight > 0)", _share(kept, ok)),
-        ("zero weight", _share(ok - kept, ok)),
+    p = d.params("osa")
+    rows = _kept_rows(d, "osa") + [
         ("mean osa_weight", f"{_decimals(d.mean('osa_weight'))} (peak {OSA_PEAK:.4f})"),
         ("mean cosine", _decimals(d.mean("cosine"))),
         ("cosine p5 / p50 / p95", _quantiles(d.sample.get("cosine", np.zeros(0)))),
@@ -100,15 +107,13 @@ def osa_rows(d: ReportData) -> list[tuple[str, str]]:
 def sdd_rows(d: ReportData) -> list[tuple[str, str]]:
     p, ok = d.params("sdd"), d.ok_rows
     scale = float(p.get("scale") or 100.0)
-    kept, clean = d.total("sdd_kept"), d.total("sdd_clean")
+    clean = d.total("sdd_clean")
     rows = []
     if p.get("alpha") is not None:
         rows.append(("alpha (self-drop)", f"{p['alpha']:g} = cosine {p['alpha'] / scale:.3f}"))
     if p.get("beta_c") is not None:
         rows.append(("beta_c (clean set)", f"{p['beta_c']:g} = cosine {p['beta_c'] / scale:.3f}"))
-    rows += [
-        ("kept (sdd_keep)", _share(kept, ok)),
-        ("dropped", _share(ok - kept, ok)),
+    rows += _kept_rows(d, "sdd") + [
         ("clean set (sdd_clean)", _share(clean, ok)),
         ("mean sdd_w_con", _decimals(d.mean("sdd_w_con"))),
     ]
@@ -125,7 +130,7 @@ def sdd_rows(d: ReportData) -> list[tuple[str, str]]:
 
 def sps_rows(d: ReportData) -> list[tuple[str, str]]:
     p, ok = d.params("sps"), d.ok_rows
-    rows = [(part, _share(d.total(f"sps_{part}"), ok)) for part in PARTITIONS]
+    rows = _kept_rows(d, "sps") + [(part, _share(d.total(f"sps_{part}"), ok)) for part in PARTITIONS]
     rows.append(("eps1 / eps2", f"{p.get('eps1', '?')} / {p.get('eps2', '?')}"))
     rows.append(("mean sps_loss", _decimals(d.mean("sps_loss"))))
     if p.get("loss_min") is not None:
@@ -148,11 +153,8 @@ def sps_rows(d: ReportData) -> list[tuple[str, str]]:
 
 
 def clipcleaner_rows(d: ReportData) -> list[tuple[str, str]]:
-    p, ok = d.params("clipcleaner"), d.ok_rows
-    sel = d.total("cc_selected")
-    rows = [
-        ("selected (cc_selected)", _share(sel, ok)),
-        ("not selected", _share(ok - sel, ok)),
+    p = d.params("clipcleaner")
+    rows = _kept_rows(d, "clipcleaner") + [
         ("mean cc_label_quality", _decimals(d.mean("cc_label_quality"))),
         ("classes", str(len(p.get("classes") or []) or len(d.class_rows))),
     ]
@@ -169,10 +171,8 @@ def clipcleaner_rows(d: ReportData) -> list[tuple[str, str]]:
 def match_rows(d: ReportData) -> list[tuple[str, str]]:
     p = d.params("match")
     fit, settings = p.get("fit") or {}, p.get("settings") or {}
-    rows = [(k, str(settings[k])) for k in ("score", "calibration", "keep_rule") if k in settings]
-    if "match_kept" in d.per_shard:  # tallied by cleaner.report.data
-        kept, ok = d.total("match_kept"), d.ok_rows
-        rows[:0] = [("kept (match_keep)", _share(kept, ok)), ("dropped", _share(ok - kept, ok))]
+    rows = _kept_rows(d, "match")
+    rows += [(k, str(settings[k])) for k in ("score", "calibration", "keep_rule") if k in settings]
     if fit.get("pi") is not None:
         rows.append(("estimated noise rate", f"{100 * fit['pi']:.1f}%"))
     if fit.get("cut") is not None:
@@ -184,3 +184,17 @@ METHOD_ROWS = {"osa": osa_rows, "sdd": sdd_rows, "sps": sps_rows, "clipcleaner":
                "match": match_rows}  # fmt: skip
 METHOD_TITLES = {"osa": "OSA", "sdd": "SDD", "sps": "SPS", "clipcleaner": "CLIPCleaner",
                  "match": "match"}  # fmt: skip
+
+
+def rows_of(d: ReportData, method: str) -> list[tuple[str, str]]:
+    """A method's rows; a method with no rows of its own here (e.g. one
+    registered at run time) shows its keep rule's counts and its fitted params."""
+    if method in METHOD_ROWS:
+        return METHOD_ROWS[method](d)
+    params = d.params(method)
+    simple = [(k, str(v)) for k, v in params.items() if isinstance(v, (int, float, str, bool))]
+    return _kept_rows(d, method) + simple
+
+
+def title_of(method: str) -> str:
+    return METHOD_TITLES.get(method, method)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 
 from cleaner.report.data import ReportData
-from cleaner.report.method_rows import METHOD_ROWS, METHOD_TITLES
+from cleaner.report.method_rows import rows_of, title_of
 from cleaner.report.pair_page import PAIRS_CSS
 from cleaner.report.tables import (
     Table,
@@ -91,7 +91,7 @@ def _section(anchor: str, title: str, *blocks: str, wide: bool = False) -> str:
 
 
 def _method_section(d: ReportData, method: str, figs: dict[str, str | None]) -> str:
-    kv = _kv_html(METHOD_ROWS[method](d))
+    kv = _kv_html(rows_of(d, method))
     if method == "osa":
         return _section(
             "osa",
@@ -118,6 +118,8 @@ def _method_section(d: ReportData, method: str, figs: dict[str, str | None]) -> 
             _img(figs.get("sps_loss"), "SPS loss histogram"),
             _img(figs.get("sps_partition"), "SPS partition counts"),
         )
+    if method != "clipcleaner":  # match, and any method registered without a section here
+        return _section(method, title_of(method), kv)
     return _section(
         "clipcleaner",
         "CLIPCleaner — label-noise selection",
@@ -136,7 +138,7 @@ def render_html(
     nav = (
         [("run", "Run"), ("status", "Status")]
         + ([("pairs", "Pairs")] if pairs else [])
-        + [(m, METHOD_TITLES[m]) for m in d.methods]
+        + [(m, title_of(m)) for m in d.methods]
         + [("shards", "Shards"), ("settings", "Settings")]
     )
     nav_html = "".join(f'<a href="#{a}">{_e(t)}</a>' for a, t in nav)

@@ -28,7 +28,8 @@ import pyarrow.parquet as pq
 
 from cleaner.errors import InputError
 from cleaner.report import DEFAULT_PAIRS
-from cleaner.report.data import BATCH_ROWS, ReportData
+from cleaner.report.data import BATCH_ROWS, ReportData, keep_rules, rule_columns, rule_text
+from cleaner.train.expressions import evaluate_table
 
 # (name, title); "kept" groups are laid out on the left, "dropped" on the right.
 KINDS = (
@@ -47,9 +48,10 @@ class Verdict:
 
     method: str
     title: str
-    rule: str  # the keep rule, in words
+    rule: str  # the keep rule, as shown (long decimals cut)
     score: str  # column ranked for the borderline groups; higher means cleaner
     columns: tuple[str, ...]  # every column the verdict and the cards read
+    expr: str = ""  # the keep rule evaluated: the method's keep_expr, filled
 
 
 @dataclass
@@ -80,33 +82,50 @@ class PairSelection:
         return [p for group in self.picks.values() for p in group]
 
 
-def _beta(meta: dict) -> float | None:
-    beta = meta.get("beta") or ((meta.get("params") or {}).get("osa") or {}).get("beta") or {}
-    value = beta.get("value") if isinstance(beta, dict) else None
-    return float(value) if value is not None else None
+# How the pair cards show a method (not its verdict, which is its keep rule):
+# title, the column ranked for the borderline groups (higher = cleaner) and
+# the columns a card prints. A method not listed shows its rule's columns and
+# ranks by its first float column.
+DISPLAY = {
+    "osa": ("OSA", "cosine", ("cosine",)),
+    "sdd": ("SDD", "cosine", ("sdd_keep", "sdd_w_con")),
+    "sps": ("SPS", "sps_clean_prob", ("sps_partition", "sps_clean_prob")),
+    "clipcleaner": ("CLIPCleaner", "cc_label_quality", ("cc_selected", "cc_label_quality", "label")),
+    "match": ("match", "match_score", ("match_keep", "match_score", "match_clean_prob")),
+}
 
 
-def method_verdicts(methods: list[str], meta: dict) -> list[Verdict]:
-    """The verdicts of the methods present (a method without a keep rule here gets none)."""
-    beta = _beta(meta)
+def _display(method: str, rule: str, columns: set[str]) -> tuple[str, str, tuple[str, ...]] | None:
+    """(title, score column, card columns) of a method, or None when it has no score to rank."""
+    from cleaner.methods import catalog
+
+    title, score, cols = DISPLAY.get(method, (method, None, ()))
+    if method == "sdd" and "cosine" not in columns:  # SDD without OSA's columns: rank by its weight
+        score = "sdd_w_con"
+    if score is None:
+        m = catalog.REGISTRY.get(method)
+        floats = [f.name for f in (m.fields if m else ()) if pa.types.is_floating(f.type)]
+        if not floats:
+            return None
+        score = floats[0]
+    cols = tuple(dict.fromkeys((*cols, *sorted(rule_columns(rule)), score)))
+    return title, score, cols
+
+
+def method_verdicts(methods: list[str], meta: dict, columns: set[str] | None = None) -> list[Verdict]:
+    """The verdicts of the methods present: each method's own keep rule
+    (:func:`cleaner.report.data.keep_rules`, the registry's ``keep_expr``);
+    a method without a keep rule, or without a score to rank, gets none.
+    ``columns``: the sidecar's columns (default: every column a method declares)."""
+    from cleaner.io import schema as S
+
+    if columns is None:
+        columns = {f.name for f in S.schema_for(methods, meta)}
     out = []
-    if "osa" in methods:
-        if beta is not None:
-            out.append(Verdict("osa", "OSA", f"cosine > beta ({beta:.4f})", "cosine", ("cosine",)))
-        else:  # no beta recorded: the weight says what the boundary was
-            cols = ("cosine", "osa_weight")
-            out.append(Verdict("osa", "OSA", "osa_weight > 0", "cosine", cols))
-    if "sdd" in methods:
-        # SDD's self-drop is a cosine threshold; without OSA's columns rank by its weight
-        score = "cosine" if "osa" in methods else "sdd_w_con"
-        cols = ("sdd_keep", "sdd_w_con") + (("cosine",) if score == "cosine" else ())
-        out.append(Verdict("sdd", "SDD", "sdd_keep (100 * cosine > alpha)", score, cols))
-    if "sps" in methods:
-        cols = ("sps_partition", "sps_clean_prob")
-        out.append(Verdict("sps", "SPS", "sps_partition != 'noisy'", "sps_clean_prob", cols))
-    if "clipcleaner" in methods:
-        cols = ("cc_selected", "cc_label_quality", "label")
-        out.append(Verdict("clipcleaner", "CLIPCleaner", "cc_selected", "cc_label_quality", cols))
+    for m, rule in keep_rules(methods, meta).items():
+        shown = _display(m, rule, columns)
+        if shown is not None and {shown[1], *shown[2]} <= columns:
+            out.append(Verdict(m, shown[0], rule_text(rule), shown[1], shown[2], rule))
     return out
 
 
@@ -118,23 +137,16 @@ def _float(col) -> np.ndarray:
     return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
-def _keep(v: Verdict, batch: pa.RecordBatch, beta: float | None) -> np.ndarray:
-    if v.method == "osa":
-        if beta is not None:
-            return _float(batch.column("cosine")) > beta  # NaN compares False: dropped
-        return _float(batch.column("osa_weight")) > 0
-    if v.method == "sdd":
-        return _bool(batch.column("sdd_keep"))
-    if v.method == "sps":
-        return _bool(pc.not_equal(batch.column("sps_partition"), "noisy"))
-    return _bool(batch.column("cc_selected"))
+def _keep(v: Verdict, table: pa.Table) -> np.ndarray:
+    """Rows the method keeps by its own rule; unknown (null) is not kept."""
+    return evaluate_table(table, v.expr, True)
 
 
 class _Chooser:
     """Streaming accumulator behind :func:`select_pairs`."""
 
-    def __init__(self, verdicts: list[Verdict], k: int, seed: int, beta: float | None):
-        self.verdicts, self.k, self.beta = verdicts, k, beta
+    def __init__(self, verdicts: list[Verdict], k: int, seed: int):
+        self.verdicts, self.k = verdicts, k
         self.rng = np.random.default_rng(seed)
         self.row0 = 0
         self.ok_rows = 0
@@ -149,7 +161,8 @@ class _Chooser:
         # one uniform number per row, ok or not, so the sample depends only on the file and seed
         u = self.rng.random(n)
         self.ok_rows += int(ok.sum())
-        keep = {v.method: _keep(v, batch, self.beta) & ok for v in self.verdicts}
+        table = pa.Table.from_batches([batch])
+        keep = {v.method: _keep(v, table) & ok for v in self.verdicts}
         for v in self.verdicts:
             kept, dropped = keep[v.method], ok & ~keep[v.method]
             self.kept[v.method] += int(kept.sum())
@@ -203,9 +216,9 @@ class _Chooser:
 
 def select_pairs(d: ReportData, k: int = DEFAULT_PAIRS, seed: int = 0) -> PairSelection:
     """Choose the pairs to show for every method of the sidecar ``d`` was read from."""
-    verdicts = method_verdicts(d.methods, d.meta)
-    beta = _beta(d.meta)
-    chooser = _Chooser(verdicts, k, seed, beta)
+    names = set(pq.read_schema(d.files[0]).names) if d.files else set()
+    verdicts = method_verdicts(d.methods, d.meta, names)
+    chooser = _Chooser(verdicts, k, seed)
     columns = ["shard", "index", "key", "status"]
     columns += sorted({c for v in verdicts for c in v.columns})
     if verdicts:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cleaner.report.data import SHARD_COUNTERS, ReportData
+from cleaner.report.data import ReportData
+from cleaner.report.data import shard_counters as _counters
 
 MAX_CLASSES_SHOWN = 100
 
@@ -101,7 +102,7 @@ def status_table(d: ReportData) -> Table:
 
 
 def shard_counters(d: ReportData) -> list[tuple[str, str]]:
-    return [c for m in d.methods for c in SHARD_COUNTERS[m]]
+    return _counters(d)
 
 
 def shard_table(d: ReportData, limit: int | None) -> Table:

@@ -8,7 +8,7 @@ from the HTML one; both take their rows from :mod:`cleaner.report.tables` and
 from __future__ import annotations
 
 from cleaner.report.data import ReportData
-from cleaner.report.method_rows import METHOD_ROWS, METHOD_TITLES
+from cleaner.report.method_rows import rows_of, title_of
 from cleaner.report.tables import (
     Table,
     argv_text,
@@ -52,7 +52,7 @@ def format_text(d: ReportData) -> str:
     out += _kv_lines(run_rows(d)[1:])
     out += ["", "status"] + _table_lines(status_table(d))[1:]
     for m in d.methods:
-        out += ["", METHOD_TITLES[m]] + _kv_lines(METHOD_ROWS[m](d))
+        out += ["", title_of(m)] + _kv_lines(rows_of(d, m))
     nb = neighbor_table(d)
     if nb:
         out += ["", "neighbour indexes"] + _table_lines(nb)

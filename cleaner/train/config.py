@@ -34,6 +34,9 @@ class TrainConfig:
     method: str = "none"
     task: str = "pairs"  # pairs | classify
     where: str | None = None
+    # pairs, --method none/filter: a loss weight per row from an expression
+    # over the sidecar (e.g. match_clean_prob): OSA's weighted mean, any score
+    weight: str | None = None
     eval_shards: list[str] | None = None
     model: str = "nclean-tiny"
     pretrained: str | None = None
@@ -148,7 +151,11 @@ def _check_numbers(cfg: TrainConfig) -> None:
 def _check_inputs(cfg: TrainConfig) -> None:
     if cfg.where is not None and cfg.method != "filter":
         raise ConfigError("--where is only used with --method filter")
+    if cfg.weight is not None and (cfg.task != "pairs" or cfg.method not in ("none", "filter")):
+        raise ConfigError("--weight is only used with --method none or filter (pairs)")
     if cfg.task == "pairs":
+        if cfg.weight is not None and not cfg.sidecar:
+            raise ConfigError("--weight needs --sidecar")
         if cfg.method == "filter" and not cfg.where:
             raise ConfigError("--method filter needs --where EXPR")
         if cfg.method != "none" and not cfg.sidecar:

@@ -23,7 +23,7 @@ from cleaner.methods import losses as L
 from cleaner.train.config import PAIR_METHODS, TrainConfig
 from cleaner.train.data import Split
 from cleaner.train.model import Model, param_groups
-from cleaner.train.sidecar import checked_weights, where_mask
+from cleaner.train.sidecar import checked_weights, expression_weights, osa_form_of, where_mask
 
 
 class PairObjective:
@@ -72,12 +72,17 @@ class PairObjective:
         """The sidecar numbers the method trains with, checked once up front
         (:func:`~cleaner.train.sidecar.checked_weights`): never NaN."""
         cfg, side, m = self.cfg, self.side, self.cfg.method
+        if m in ("none", "filter") and cfg.weight:
+            return {"w": expression_weights(side, cfg.weight, self.rows, m)}
         if m == "osa" and cfg.osa_form == "code":
             beta = (self.meta.get("beta") or {}).get("value")
             if not isinstance(beta, (int, float)) or not np.isfinite(beta):
                 raise ConfigError(
                     f"--osa-form code: beta in {cfg.sidecar} is {beta!r}, not a number"
                 )
+            # the curve the sidecar was scored with (auto: monotone), so the
+            # per-batch form never weights a pair below a noisier one there
+            self.osa_curve = osa_form_of(self.meta, cfg.sidecar)
             ok = side["status"].eq("ok").to_numpy(bool) if "status" in side else None
             cos = checked_weights(side, "cosine", self.rows, m, negative_ok=True)
             return {"cosine": cos, "ok": np.ones(len(cos), bool) if ok is None else ok}
@@ -118,6 +123,9 @@ class PairObjective:
         img, txt, scale = self.model.encode(self.model.net, images, tokens)
         if m in ("none", "filter"):
             per = L.symmetric_infonce(img, txt, scale)
+            if "w" in self.weights:  # --weight: OSA's weighted mean, any expression's weights
+                w = torch.as_tensor(self.weights["w"][idx]).to(per.device)
+                return L.osa_loss(per, w), {"mean_weight": float(w.mean())}
             return per.mean(), {}
         if m == "osa":
             return self._osa(idx, img, txt, scale)
@@ -127,7 +135,7 @@ class PairObjective:
         per = L.symmetric_infonce(img, txt, scale)
         if self.cfg.osa_form == "code":
             cos = torch.as_tensor(self.weights["cosine"][idx])
-            w = L.osa_weight_code(cos, float(self.meta["beta"]["value"]))
+            w = L.osa_weight_code(cos, float(self.meta["beta"]["value"]), form=self.osa_curve)
             w = w * torch.as_tensor(self.weights["ok"][idx])  # unscored rows: weight 0
         else:
             w = torch.as_tensor(self.weights["w"][idx])

@@ -132,6 +132,39 @@ def where_mask(side, expr: str) -> np.ndarray:
     return value
 
 
+def expression_weights(side, expr: str, rows: np.ndarray, method: str = "filter") -> np.ndarray:
+    """``--weight``: one loss weight per sidecar row from an expression
+    (e.g. ``match_clean_prob``), float32. It must be a number, and finite and
+    >= 0 on the rows trained on (:func:`checked_weights`' rules); true/false
+    counts as 1/0, a null as 0 (the expression language's rule for weights)."""
+    try:
+        value = evaluate(side, expr)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"--weight: {exc}") from None
+    names = side.column_names if isinstance(side, pa.Table) else list(side.columns)
+    # named by the expression, so a refusal says which weights were bad
+    frame = pd.DataFrame({expr: np.asarray(value, dtype=np.float64)})
+    for col in ("status", "shard", "key"):
+        if col in names:
+            frame[col] = np.asarray(side[col])
+    return checked_weights(frame, expr, rows, f"{method} --weight")
+
+
+def osa_form_of(meta: dict, sidecar_path) -> str:
+    """The OSA weight curve a sidecar was scored with (``params.osa.form``:
+    ``paper`` or ``monotone``, what ``--thresholds auto`` writes); sidecars
+    from before the form was recorded were scored with the paper's cubic."""
+    from cleaner.methods.osa.loss import FORMS
+
+    form = ((meta.get("params") or {}).get("osa") or {}).get("form") or "paper"
+    if form not in FORMS:
+        raise ConfigError(
+            f"--osa-form code: {sidecar_path} records OSA weight form {form!r}; "
+            f"this trainer knows {', '.join(FORMS)}"
+        )
+    return form
+
+
 def required_columns(cfg: TrainConfig) -> list[str]:
     """Sidecar columns the chosen method reads (``--where`` is checked on its own)."""
     if cfg.task == "classify":
@@ -168,6 +201,8 @@ def check_sidecar(cfg: TrainConfig, loaded) -> None:
         and "beta" not in meta
     ):
         raise ConfigError(f"--osa-form code needs beta in the metadata of {cfg.sidecar}")
+    if cfg.task == "pairs" and cfg.weight:  # a bad expression fails before any decoding
+        expression_weights(table, cfg.weight, np.zeros(0, np.int64))
     if cfg.method == "filter" and cfg.where:
         keep = where_mask(table, cfg.where)
         if "status" in table.column_names:  # the trainer only sees scorable samples

@@ -10,12 +10,17 @@ Methods (``--method``), each per METHODS.md:
 
 - ``none``    plain symmetric InfoNCE on every scorable pair;
 - ``filter``  plain InfoNCE on the rows matching ``--where``;
-- ``osa``     per-sample InfoNCE x OSA weight, batch mean (paper weight from
-  the sidecar, or the released code's per-batch form);
+- ``osa``     per-sample InfoNCE x OSA weight, batch mean (the weight from
+  the sidecar, or the released code's per-batch form on the curve the
+  sidecar records: the paper's cubic, or ``monotone`` from ``--thresholds auto``);
 - ``sdd``     rows with ``sdd_keep``; loss x w_con x w_sig, w_sig from a
   siamese step on the memory-bank pairs the sidecar names;
 - ``sps``     reliable / quasi-clean / noisy batches: L_re + L_qc + L_n +
   lambda1 L_cro + lambda2 L_met, with soft labels and proxy captions.
+
+With ``weight`` (an expression over the sidecar, e.g. ``match_clean_prob``),
+``none`` and ``filter`` weight each pair's InfoNCE by it, as OSA does with
+its weight: any method's score can weight training.
 
 ``--task classify`` trains a linear head on the frozen image tower with
 MixFix on CLIPCleaner selections (or plain CE on all labels with
