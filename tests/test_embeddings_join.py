@@ -331,8 +331,25 @@ def test_uid_join_when_keys_repeat(tmp_path, monkeypatch, capsys):
     v = Verdicts.load(w)
     rows = v.lookup(["00001.tar", "00000.tar"], ["s000", "s000"], uids=[uids[10], uids[0]])
     assert rows.tolist() == [10, 0]
-    with pytest.raises(ValueError, match="by uid"):
-        v.shard_index("00000.tar")
+    # the webdataset stages find each sample by the uid in its .json member,
+    # before .decode() (bytes) and after it (a dict)
+    urls = [str(shards / "00000.tar"), str(shards / "00001.tar")]
+    expr = f"cosine > {float(np.median(v.column('cosine')))!r}"  # splits the samples
+    keep = dict(zip(v.column("uid"), v.mask(expr)))
+    weight = dict(zip(v.column("uid"), v.column("osa_weight")))
+    assert 0 < sum(keep.values()) < 20
+    for decoded in (False, True):
+        ds = wds.WebDataset(urls, shardshuffle=False)
+        ds = ds.decode() if decoded else ds
+        kept = list(ds.compose(keep_where(v, expr)))
+        assert [_uid(s) for s in kept] == [u for u in uids if keep[u]]
+    weighted = list(wds.WebDataset(urls, shardshuffle=False).compose(attach_weights(v, "osa_weight")))
+    assert [s["__weight__"] for s in weighted] == pytest.approx([weight[u] for u in uids])
+
+
+def _uid(sample: dict) -> str:
+    doc = sample["json"]
+    return (json.loads(doc) if isinstance(doc, bytes) else doc)["uid"]
 
 
 def test_mixed_join_sidecars_are_refused(world, tmp_path, cr_sidecar, monkeypatch, capsys):

@@ -58,6 +58,13 @@ _WHERE = typer.Option(
     help='Row filter, only with --method filter, e.g. "sdd_keep and osa_weight > 0".',
 )
 
+_WEIGHT = typer.Option(
+    None,
+    "--weight",
+    help='Per-pair loss weight, any sidecar expression (with --method none or filter), '
+    'e.g. "match_clean_prob".',
+)
+
 _EVAL_SHARDS = typer.Option(
     None,
     "--eval",
@@ -142,6 +149,7 @@ def train(
     method: str = _METHOD,
     task: str = _TASK,
     where: str = _WHERE,
+    weight: str = _WEIGHT,
     eval_shards: list[str] = _EVAL_SHARDS,
     model: str = _MODEL,
     pretrained: str = _PRETRAINED,

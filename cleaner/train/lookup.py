@@ -254,13 +254,7 @@ class IdIndex:
         return rows
 
     def as_dict(self) -> KeyIndex:
-        """key -> (last) row, built once, for the streaming stages."""
-        if self.join != "key":
-            raise ValueError(
-                "this sidecar finds its samples by uid (keys repeat across the shards it was "
-                "scored from), but the webdataset stages match by __key__; look rows up with "
-                "Verdicts.lookup(shards, keys, uids=...) instead"
-            )
+        """key (or uid) -> (last) row, built once, for the streaming stages."""
         if self._dict is None:
             keys = reversed_values(self.values_rev).to_pylist()
             self._dict = KeyIndex(

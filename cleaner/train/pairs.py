@@ -79,7 +79,8 @@ class _PairLoop:
             losses.append(float(loss.detach()))
             self.step += 1
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            # refresh=False: a log gets a line every few seconds, not one per step
+            self.bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
         return losses
 
 

@@ -25,6 +25,7 @@ helpers and ``nclean filter``) that depend on it and not on each other.
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Iterable, Iterator
 
@@ -48,6 +49,22 @@ class UndecodedWeightWarning(UserWarning):
     """attach_weights put a non-bytes value under a plain key in an undecoded sample."""
 
 
+def sample_uid(sample: dict, field: str) -> str | None:
+    """The uid in a sample's .json member (bytes before .decode(), a dict
+    after it), or None; dotted fields reach into nested objects."""
+    doc = sample.get("json")
+    if isinstance(doc, (bytes, bytearray, str)):
+        try:
+            doc = json.loads(doc)
+        except (ValueError, UnicodeDecodeError):
+            return None
+    for part in field.split("."):
+        if not isinstance(doc, dict) or part not in doc:
+            return None
+        doc = doc[part]
+    return None if doc is None else str(doc)
+
+
 def is_undecoded(sample: dict) -> bool:
     """True for a sample as webdataset reads it from a tar: every member still bytes."""
     members = [v for k, v in sample.items() if not str(k).startswith("__")]
@@ -57,13 +74,23 @@ def is_undecoded(sample: dict) -> bool:
 class _Stage:
     """Shared join logic: find each streamed sample's row via ``__url__``/``__key__``."""
 
-    def __init__(self, verdicts: Verdicts, on_missing: str, shard_of=None):
+    def __init__(self, verdicts: Verdicts, on_missing: str, shard_of=None, uid_field="uid"):
         check_on_missing(on_missing)
         if not isinstance(verdicts, Verdicts):
             raise TypeError("pass a cleaner.train.weights.Verdicts (Verdicts.load(path))")
         self.verdicts = verdicts
         self.on_missing = on_missing
         self.shard_of = shard_of or shard_name
+        # a sidecar that finds its samples by uid (keys repeat across the
+        # shards it was scored from): the uid is read from the .json member
+        self.uid_field = uid_field if verdicts.join == "uid" else None
+
+    def _sample_id(self, sample: dict, key: str) -> str | None:
+        if self.uid_field is None:
+            # the sidecar stores non-UTF-8 key bytes escaped; webdataset hands
+            # them over as surrogates: look them up the way nclean wrote them
+            return sample_key(key)
+        return sample_uid(sample, self.uid_field)
 
     def rows(self, src: Iterable[dict]) -> Iterator[tuple[dict, int]]:
         """Yield (sample, row) with row -1 for a missing sample under an opt-out."""
@@ -84,9 +111,8 @@ class _Stage:
             if name != current:
                 current, index, seen, matched = name, self.verdicts.shard_index(name), 0, 0
             seen += 1
-            # the sidecar stores non-UTF-8 key bytes escaped; webdataset hands
-            # them over as surrogates: look them up the way nclean wrote them
-            row = index.get(sample_key(key)) if index is not None else None
+            ident = self._sample_id(sample, key)
+            row = index.get(ident) if index is not None and ident is not None else None
             if row is None:
                 if self.on_missing == "error":
                     raise SidecarMismatchError(self._message(name, key, index, seen, matched))
@@ -130,6 +156,10 @@ class attach_weights(_Stage):  # noqa: N801 - used like a function, as webdatase
         value instead of 0.
     shard_of : function from ``__url__`` to the sidecar's shard name
         (default :func:`shard_name`, the URL's file name).
+    uid_field : for a sidecar that finds its samples by uid (scored from
+        embeddings whose keys repeat across partitions, e.g. DataComp's), the
+        field of the sample's ``.json`` member that holds it (default ``uid``;
+        dotted paths reach into nested objects).
 
     Warns
     -----
@@ -168,8 +198,9 @@ class attach_weights(_Stage):  # noqa: N801 - used like a function, as webdatase
         key: str = DEFAULT_WEIGHT_KEY,
         keep_failed: bool = False,
         shard_of=None,
+        uid_field: str = "uid",
     ):
-        super().__init__(verdicts, on_missing, shard_of)
+        super().__init__(verdicts, on_missing, shard_of, uid_field)
         if not isinstance(key, str) or not key:
             raise TypeError(f"key must be a non-empty string, not {key!r}")
         self.expr = expr_or_column
@@ -216,7 +247,7 @@ class keep_where(_Stage):  # noqa: N801 - used like a function, as webdataset's 
         ``"drop"`` and ``"zero"`` both leave samples without a row out.
     keep_failed : let the expression decide for rows whose status is not
         ``ok`` (by default they are dropped).
-    shard_of : see :class:`attach_weights`.
+    shard_of, uid_field : see :class:`attach_weights`.
 
     Examples
     --------
@@ -237,8 +268,9 @@ class keep_where(_Stage):  # noqa: N801 - used like a function, as webdataset's 
         on_missing: str = "error",
         keep_failed: bool = False,
         shard_of=None,
+        uid_field: str = "uid",
     ):
-        super().__init__(verdicts, on_missing, shard_of)
+        super().__init__(verdicts, on_missing, shard_of, uid_field)
         self.expr = expr
         self.keep = verdicts.mask(expr, keep_failed=keep_failed)
 
