@@ -345,6 +345,29 @@ def test_uid_join_when_keys_repeat(tmp_path, monkeypatch, capsys):
         assert [_uid(s) for s in kept] == [u for u in uids if keep[u]]
     weighted = list(wds.WebDataset(urls, shardshuffle=False).compose(attach_weights(v, "osa_weight")))
     assert [s["__weight__"] for s in weighted] == pytest.approx([weight[u] for u in uids])
+    _trainer_joins_by_uid(w, keys, uids)
+
+
+def _trainer_joins_by_uid(sidecar: Path, keys: list[str], uids: list[str]) -> None:
+    """nclean train's join: the decoded samples' uids find their rows (here
+    in another order than the sidecar's), whatever their keys."""
+    import torch
+
+    from cleaner.train.data import Split
+    from cleaner.train.sidecar import join_sidecar
+
+    order = list(range(10, 20)) + list(range(10))  # the second shard first
+    split = Split(
+        shards=np.array(["00001.tar"] * 10 + ["00000.tar"] * 10, dtype=object),
+        keys=np.array([keys[i % 10] for i in order], dtype=object),
+        images=torch.zeros(20, 1, 1, 3), tokens=torch.zeros(20, 1, dtype=torch.long),
+        labels=np.full(20, -1), uids=np.array([uids[i] for i in order], dtype=object),
+    )  # fmt: skip
+    side, meta = join_sidecar(split, str(sidecar))
+    assert meta["join"] == "uid" and side["uid"].tolist() == [uids[i] for i in order]
+    split.uids = None  # a split decoded without uids cannot be joined: said, not guessed
+    with pytest.raises(SidecarMismatchError, match="uid"):
+        join_sidecar(split, str(sidecar))
 
 
 def _uid(sample: dict) -> str:

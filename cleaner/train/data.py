@@ -32,6 +32,7 @@ class Split:
     tokens: torch.Tensor  # int64 (n, L)
     labels: np.ndarray  # int64, -1 where missing
     skipped: dict[str, int] = field(default_factory=dict)
+    uids: np.ndarray | None = None  # object, when the spec reads a uid field
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -43,7 +44,7 @@ def load_split(
     """Decode every scorable sample of the shards (bad ones are counted, not
     kept: a trainer cannot use them). Uses the embedding stage's decoder."""
     paths = expand_shards(shard_specs)
-    shards, keys, imgs, toks, labels = [], [], [], [], []
+    shards, keys, imgs, toks, labels, uids = [], [], [], [], [], []
     skipped: dict[str, int] = {}
     for batch in iter_prepared(paths, spec, est, batch_size, workers):
         if batch.fatal:
@@ -55,6 +56,7 @@ def load_split(
         name = paths[batch.shard_pos].name
         shards += [name] * len(ok)
         keys += [r.key for r in ok]
+        uids += [r.uid for r in ok]
         labels += [(-1 if r.label is None else r.label) for r in ok]
         if ok:
             imgs.append(batch.images)
@@ -68,4 +70,5 @@ def load_split(
         tokens=torch.cat(toks),
         labels=np.array(labels, dtype=np.int64),
         skipped=skipped,
+        uids=np.array(uids, dtype=object) if spec.uid_field else None,
     )

@@ -263,17 +263,20 @@ class IdIndex:
         return self._dict
 
 
-def align_ids(join: str, side_shards, side_keys, shards, keys) -> tuple[list, list]:
+def align_ids(
+    join: str, side_shards, side_keys, shards, keys, side_uids=None, uids=None
+) -> tuple[list, list]:
     """(an id per sidecar row, an id per sample) for aligning a sidecar held
-    in memory to decoded samples (the trainer's join), by ``join``."""
-    if join == "uid":
-        raise SidecarMismatchError(
-            "this sidecar finds its samples by uid (keys repeat across the shards it was scored "
-            "from), but nclean train matches samples by key; filter the shards with it first "
-            "(nclean filter) or score the shards themselves"
-        )
+    in memory to decoded samples (the trainer's join), by ``join``; a uid
+    join needs both sides' uids (the samples' from their .json)."""
     if join == "shard_key":
         return list(zip(side_shards, side_keys)), list(zip(shards, keys))
+    if join == "uid":
+        if uids is None or side_uids is None:
+            raise SidecarMismatchError(
+                "this sidecar finds its samples by uid: decode the samples' uids (.json) to join"
+            )
+        side_keys, keys = side_uids, uids
     key_arr = as_str_array(keys, "keys")
     check_query_unique(as_str_array(shards, "shards"), key_arr, join)
     clash = set(repeated(as_str_array(side_keys, "keys"))) & set(key_arr.to_pylist())

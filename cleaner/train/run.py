@@ -67,6 +67,8 @@ def load_inputs(cfg: TrainConfig, n_classes: int | None = None) -> RunInputs:
     est, spec, out = setup(cfg)
     if n_classes is not None:
         spec.n_classes = n_classes
+    if loaded is not None and loaded[1].get("join") == "uid":
+        spec.uid_field = "uid"  # DataComp's field: the sidecar finds samples by it
     split = load_split(cfg.shards, est, spec, cfg.workers)
     side, meta = join_sidecar(split, cfg.sidecar, loaded) if loaded is not None else (None, {})
     del loaded  # the joined rows are all the loop needs; free the whole table first

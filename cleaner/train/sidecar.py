@@ -51,7 +51,10 @@ def join_sidecar(split: Split, sidecar_path: str, loaded=None):
         join = join_of([meta], [str(sidecar_path)])
     except ValueError as exc:
         raise InputError(f"--sidecar: {exc}") from None
-    frame.index, wanted = align_ids(join, frame["shard"], frame["key"], split.shards, split.keys)
+    frame.index, wanted = align_ids(
+        join, frame["shard"], frame["key"], split.shards, split.keys,
+        side_uids=frame["uid"] if "uid" in frame else None, uids=split.uids,
+    )  # fmt: skip
     missing = [s for s, w in zip(split.shards, wanted) if w not in frame.index]
     if missing:
         shards = sorted(set(missing))
