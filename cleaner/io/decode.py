@@ -178,10 +178,13 @@ class SampleSpec:
 
 
 def read_uid(members: dict, uid_field: str | None) -> str | None:
-    if not uid_field or members.get("json") is None:
+    """The uid in the ``json`` member (bytes, or a dict once webdataset has
+    decoded it), or None when absent or unreadable."""
+    doc = members.get("json")
+    if not uid_field or doc is None:
         return None
     try:
-        value = _json_field(json.loads(members["json"]), uid_field)
+        value = _json_field(doc if isinstance(doc, dict) else json.loads(doc), uid_field)
     except (ValueError, UnicodeDecodeError):
         return None
     return None if value is None else str(value)

@@ -25,10 +25,10 @@ helpers and ``nclean filter``) that depend on it and not on each other.
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Iterable, Iterator
 
+from cleaner.io.decode import read_uid
 from cleaner.io.shards import sample_key
 from cleaner.train.lookup import (
     OPT_OUT_HINT,
@@ -47,22 +47,6 @@ DEFAULT_WEIGHT_KEY = "__weight__"
 
 class UndecodedWeightWarning(UserWarning):
     """attach_weights put a non-bytes value under a plain key in an undecoded sample."""
-
-
-def sample_uid(sample: dict, field: str) -> str | None:
-    """The uid in a sample's .json member (bytes before .decode(), a dict
-    after it), or None; dotted fields reach into nested objects."""
-    doc = sample.get("json")
-    if isinstance(doc, (bytes, bytearray, str)):
-        try:
-            doc = json.loads(doc)
-        except (ValueError, UnicodeDecodeError):
-            return None
-    for part in field.split("."):
-        if not isinstance(doc, dict) or part not in doc:
-            return None
-        doc = doc[part]
-    return None if doc is None else str(doc)
 
 
 def is_undecoded(sample: dict) -> bool:
@@ -90,7 +74,7 @@ class _Stage:
             # the sidecar stores non-UTF-8 key bytes escaped; webdataset hands
             # them over as surrogates: look them up the way nclean wrote them
             return sample_key(key)
-        return sample_uid(sample, self.uid_field)
+        return read_uid(sample, self.uid_field)  # the .json member, bytes or decoded
 
     def rows(self, src: Iterable[dict]) -> Iterator[tuple[dict, int]]:
         """Yield (sample, row) with row -1 for a missing sample under an opt-out."""
