@@ -88,8 +88,10 @@ def test_report_counts_by_each_methods_keep_rule(scored):
         kept = _rule_mask(table, meta, m)
         assert d.total(f"{m}_kept") == int(kept.sum()), m
         assert int(d.per_shard[f"{m}_kept"].sum()) == int(kept.sum())
-    # OSA's auto rule is cosine > beta; in the monotone form it is also osa_weight > 0
-    assert d.rules["osa"] == f"cosine > {meta['params']['osa']['beta']['value']!r}"
+    # OSA's auto rule is cosine > the calibrated keep cut (at or above beta)
+    osa = meta["params"]["osa"]
+    assert d.rules["osa"] == f"cosine > {osa['keep_cut']!r}"
+    assert osa["keep_cut"] >= osa["beta"]["value"]
     text = text_report(path)
     assert f"kept (toy_score > {CUT})" in text and "\ntoy\n" in text
 

@@ -62,9 +62,9 @@ def test_auto_keeps_clean_and_catches_noise(world):
     df, meta = _score(world, "auto", thresholds="auto")
     noisy = world[1]
     beta = meta["beta"]["value"]
-    osa_keep = df.cosine.to_numpy() > beta
-    # OSA's own rule and its weight agree exactly in the monotone form
-    assert np.array_equal(osa_keep, df.osa_weight.to_numpy() > 0)
+    # the weight is positive exactly above beta in the monotone form
+    assert np.array_equal(df.cosine.to_numpy() > beta, df.osa_weight.to_numpy() > 0)
+    osa_keep = df.cosine.to_numpy() > meta["params"]["osa"]["keep_cut"]
     for keep in (osa_keep, df.sdd_keep.to_numpy()):
         kept, caught = _rates(keep, noisy)
         assert kept >= 0.95 and caught >= 0.95, (kept, caught)
@@ -81,7 +81,10 @@ def test_auto_metadata_says_how_the_values_were_mapped(world):
     _, meta = _score(world, "auto", thresholds="auto")
     osa, sdd = meta["params"]["osa"], meta["params"]["sdd"]
     cal = osa["calibration"]
-    assert meta["beta"]["source"] == "auto" and meta["beta"]["value"] == cal["cut"]
+    assert meta["beta"]["source"] == "auto" and meta["beta"]["value"] == cal["balanced_cut"]
+    # the verdict is at the keep cut, the weight's boundary at the density crossing below it
+    assert osa["keep_cut"] == cal["cut"] >= cal["balanced_cut"]
+    assert catalog.get("osa").keep_where(osa) == f"cosine > {cal['cut']!r}"
     assert osa["form"] == "monotone" and osa["thresholds"]["mode"] == "auto"
     assert sdd["thresholds"]["mode"] == "auto" and sdd["thresholds"]["calibration"] == cal
     assert sdd["alpha"] == pytest.approx(100 * cal["cut"])
@@ -192,3 +195,66 @@ def test_verdict_without_a_calibration_says_so():
     lines = verdict_lines(ScoreSummary(kept=kept, fit=fit))
     assert lines[1] == "  sdd  50.0%  5 of 10  (sdd_keep)"
     assert lines[-1].startswith("estimated noise rate: - ")
+
+
+def test_caught_target_is_the_target_plus_one_standard_error():
+    c = thresholds.NOISE_CAUGHT
+    assert thresholds.caught_target(0.5, 3000) == pytest.approx(c + np.sqrt(c * (1 - c) / 1500))
+    # more noisy rows, a smaller margin; never past 0.999
+    assert thresholds.caught_target(0.5, 1 << 15) < thresholds.caught_target(0.5, 3000)
+    assert thresholds.caught_target(1e-4, 10) == 0.999
+
+
+def _overlapping(seed=0, n=3000, pi=0.5):
+    """Cosines whose noise tail reaches into the clean ones (as in the shapes world)."""
+    rng = np.random.default_rng(seed)
+    noisy = rng.random(n) < pi
+    real = np.where(noisy, rng.normal(0.05, 0.3, n), rng.normal(0.88, 0.06, n))
+    return real, rng.normal(0.05, 0.3, 4 * n), noisy
+
+
+def test_keep_cut_catches_the_target_share_at_a_bounded_price():
+    from cleaner.methods.match.calibrate import clean_prob, fit_null_iso
+
+    real, null, noisy = _overlapping()
+    cal = thresholds.calibrate_cosine(real, null, seed=0)
+    assert cal["cut"] > cal["balanced_cut"]  # the balanced cut misses the target here
+    assert cal["drop_share"] == pytest.approx(np.mean(real <= cal["cut"]))
+    # the estimate the rule uses: calibrated P(noisy | s) summed over the sample
+    fit = fit_null_iso(real, null)
+    s = np.sort(real)
+    p_noisy = 1 - clean_prob(fit, s)
+    i = np.searchsorted(s, cal["cut"], side="right")
+    assert p_noisy[:i].sum() / p_noisy.sum() >= cal["noise_caught_target"] - 1e-9
+    # and on the truth (the realised share scatters by ~0.4 points around the estimate)
+    keep = real > cal["cut"]
+    assert (~keep[noisy]).mean() >= 0.975 and keep[~noisy].mean() >= 0.95
+    assert cal["clean_cut"] >= cal["cut"] and 0 < cal["cut_se"] < 0.05
+
+
+def test_bootstrap_resamples_like_drawing_rows_again():
+    """The presorted weighted-PAV bootstrap has the spread of refitting resampled rows."""
+    real, null, _ = _overlapping(seed=1, n=1500)
+    fast = thresholds._bootstrap_cuts(real, null, np.random.default_rng(0), 24)
+    rng = np.random.default_rng(1)
+    slow = [thresholds._cuts(rng.choice(real, len(real)), rng.choice(null, len(null)))["cut"]
+            for _ in range(24)]  # fmt: skip
+    assert abs(np.mean(fast) - np.mean(slow)) < 0.01
+    assert 0.5 < np.std(fast) / np.std(slow) < 2.0
+
+
+def test_sps_auto_drops_the_calibrated_share(world):
+    root, noisy = world
+    out = root / "sps_auto.parquet"
+    st = ScoreSettings(methods=["sps"], thresholds="auto")
+    run_score(ScoreJob(out=str(out), embeddings=str(root / "emb"), settings=st, progress=False))
+    table = pq.read_table(out)
+    df, meta = table.to_pandas(), S.read_metadata(table.schema)
+    sps = meta["params"]["sps"]
+    th = sps["thresholds"]
+    assert th["mode"] == "auto" and th["drop_share"] == th["calibration"]["drop_share"]
+    assert sps["eps1"] >= sps["eps2"] and sps["forced_noisy_threshold"] is None
+    dropped = (df.sps_partition == "noisy").to_numpy()
+    assert dropped.mean() == pytest.approx(th["drop_share"], abs=0.002)
+    kept, caught = _rates(~dropped, noisy)
+    assert kept >= 0.95 and caught >= 0.95, (kept, caught)

@@ -6,8 +6,12 @@ stay on ScoreSettings because the sidecar metadata and the report show beta
 on its own. Its fit is the beta estimate: with ``--thresholds paper`` from
 noise (needs the estimator) or from seeded mismatched pairs of the data
 (needs rows of the cache), weighted with the paper's cubic; with ``auto`` the
-cosine's calibrated cut (:mod:`cleaner.methods.thresholds`), weighted with
-the monotone form. Either way the fit records whether the cubic's
+cosine's calibrated balanced cut (:mod:`cleaner.methods.thresholds`: where
+clean and noise densities cross, the paper's own reading of beta), weighted
+with the monotone form, and the verdict ``cosine > keep_cut`` at the
+calibrated keep cut (the balanced cut raised until the estimated noise
+caught reaches its target): a weight zeroed up to the keep cut would tie
+the clean pairs it drops with the noise and cost the weight's ranking. Either way the fit records whether the cubic's
 assumptions hold on this data (``params["assumptions"]``) and the cosine's
 label-free calibration (noise share, cut) it measured them with.
 """
@@ -36,7 +40,9 @@ class OSA(Method):
     preload = ("sklearn.isotonic",)  # the cosine calibration
 
     def keep_where(self, params: dict) -> str | None:
-        beta = (params.get("beta") or {}).get("value")
+        # auto mode keeps above the calibrated keep cut; beta (the weight's
+        # boundary) is the density crossing below it
+        beta = params.get("keep_cut", (params.get("beta") or {}).get("value"))
         return None if beta is None else self.keep_expr.format(beta=repr(float(beta)))
 
     def fit(self, scorer, ctx: FitContext) -> dict:
@@ -47,7 +53,8 @@ class OSA(Method):
         cal, cosines = T.fit_cosine_calibration(ctx)
         if mode == "auto":
             cal = T.require(cal, "osa")
-            beta = BetaEstimate(value=cal["cut"], std=0.0, se=cal["cut_se"], k=cal["n_real"],
+            beta = BetaEstimate(value=cal["balanced_cut"], std=0.0, se=cal["cut_se"],
+                                k=cal["n_real"],
                                 n_pairs=cal["n_null"], source="auto", seed=ctx.seed)  # fmt: skip
             form = "monotone"
         else:
@@ -57,9 +64,17 @@ class OSA(Method):
             f"std {beta.std:.4f}, se {beta.se:.5f})"
         )
         thresholds = {"mode": mode, "form": form}
+        extra = {}
         if mode == "auto":
-            thresholds["beta"] = "the calibrated cut: clean and noise cosine densities cross there"
+            thresholds["beta"] = "the balanced cut: clean and noise cosine densities cross there"
+            thresholds["keep_cut"] = (
+                "the verdict's cut (cosine > keep_cut): the balanced cut raised until the "
+                "estimated noise caught reaches its target (at most 1 point of estimated clean "
+                "kept + noise caught given up)"
+            )
+            extra["keep_cut"] = cal["cut"]
         return {
+            **extra,
             "beta": beta.to_dict(),
             "form": form,
             "thresholds": thresholds,

@@ -3,7 +3,8 @@ clean-set pools (by image and by text) and the transform.
 
 With ``--thresholds auto`` the fit first maps alpha and beta_c from the
 cosine's label-free calibration (:mod:`cleaner.methods.thresholds`: alpha at
-the cut where clean and noise densities cross, beta_c where the clean
+the keep cut -- where clean and noise densities cross, raised until the
+estimated noise caught reaches its target -- and beta_c where the clean
 posterior reaches 0.99), in place of ``--sdd-alpha`` / ``--sdd-beta-c``.
 """
 
@@ -88,7 +89,8 @@ def _map_thresholds(scorer, ctx: FitContext) -> dict:
     )
     return {
         "mode": mode,
-        "alpha": "100 x the calibrated cut: clean and noise cosine densities cross there",
+        "alpha": "100 x the calibrated keep cut (the density crossing, raised by the "
+        "noise-caught rule; see cleaner.methods.thresholds)",
         "beta_c": f"100 x the lowest cosine with P(clean | cosine) > {cal['clean_set_prob']}"
         + ("" if cal["clean_prob_reached"] else " (not reached: where it is highest)"),
         "calibration": cal,

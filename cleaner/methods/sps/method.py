@@ -1,5 +1,15 @@
 """SPS's declaration: columns, options, the GMM fit on the in-batch loss,
-the reliable-image pool and the transform."""
+the reliable-image pool and the transform.
+
+With ``--thresholds auto`` the fit maps eps2 from the cosine's label-free
+calibration (:mod:`cleaner.methods.thresholds`): the calibration says what
+share of the rows lies at or below the keep cut (``drop_share``), SPS's own
+clean probability says which rows: eps2 is the ``drop_share`` quantile of
+the fitted clean probabilities, so SPS's noisy set is as large as the
+calibrated cut's drop set, chosen by SPS's score. The 1% forcing rule is
+then moot (the calibration decides how many rows look noisy); eps1 is raised
+to eps2 only if it lay below.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +33,7 @@ class SPS(Method):
     samples_rows = True
     summary = "reliable / quasi / noisy partition, proxy partners and soft labels"
     keep_expr = "sps_partition != 'noisy'"
-    preload = ("sklearn.mixture", "faiss")
+    preload = ("sklearn.mixture", "sklearn.isotonic", "faiss")  # isotonic: auto mode
     fields = (
         pa.field("sps_loss", pa.float32()),
         pa.field("sps_clean_prob", pa.float32()),
@@ -82,7 +92,9 @@ class SPS(Method):
 
     def fit(self, scorer, ctx: FitContext) -> dict:
         loss = ctx.sample["sps_loss"]
-        params = scorer.fit(loss).get_params()
+        thresholds = _map_thresholds(scorer.fit(loss), ctx, loss)
+        params = scorer.get_params()
+        params["thresholds"] = thresholds
         reliable = scorer.partition(scorer.clean_prob(loss)) == "reliable"
         params["pool_fraction"] = float(np.mean(reliable))
         return params
@@ -106,3 +118,32 @@ class SPS(Method):
 
     def transform(self, scorer, pairs, pools: dict, seed_key: str) -> dict[str, np.ndarray]:
         return scorer.transform(pairs, pools.get("sps_image"), seed_key=seed_key)
+
+
+def _map_thresholds(scorer, ctx: FitContext, loss: np.ndarray) -> dict:
+    """In auto mode, set the fitted scorer's eps2 (and eps1 if below it)
+    from the calibrated cosine's drop share; returns how they were set."""
+    from cleaner.methods import thresholds as T
+
+    mode = T.mode_of(ctx.settings)
+    if mode != "auto":
+        return {"mode": mode}
+    cal, _ = T.fit_cosine_calibration(ctx)
+    cal = T.require(cal, "sps")
+    share = float(cal["drop_share"])
+    p = np.asarray(scorer.clean_prob(loss), np.float64)
+    # an attained value, so p <= eps2 holds for the same rows on the float32 column
+    scorer.eps2 = float(np.quantile(p, share, method="lower")) if share > 0 and len(p) else 0.0
+    scorer.eps1 = max(scorer.eps1, scorer.eps2)
+    scorer.forced_noisy_threshold_ = None
+    ctx.log(
+        f"sps: thresholds auto: eps2 = {scorer.eps2:.4g} (the {100 * share:.1f}% of rows "
+        f"at or below the calibrated cosine cut {cal['cut']:.4f}), eps1 = {scorer.eps1:.4g}"
+    )
+    return {
+        "mode": mode,
+        "eps2": "the clean-probability quantile at the share of sampled rows whose cosine is "
+        "at or below the calibrated keep cut (as many noisy rows as the cut drops)",
+        "drop_share": share,
+        "calibration": cal,
+    }
