@@ -26,7 +26,7 @@ from cleaner.methods import catalog
 from cleaner.methods.registry import FitContext
 from cleaner.methods.sampling import base_hash, hash_order, row_sample_mask
 from cleaner.progress import progress_bar
-from pipelines.shard_view import RowMemo, iter_views
+from pipelines.shard_view import ROW_ID_SHIFT, RowMemo, gather_vectors, iter_views
 
 
 def bar(items, desc: str, progress: bool, unit: str = "shard"):
@@ -48,6 +48,7 @@ class JobData:
         self.cache, self.stems, self.ok_counts = cache, stems, ok_counts
         self.n_classes, self.progress = n_classes, progress
         self.memo = RowMemo()  # per-shard values the methods memoise, kept across passes
+        self.imports_ready = lambda: None  # waits for modules imported in the background
 
     def views(self, desc: str, skip_empty: bool = False):
         """(stem, ShardView) of every shard, the next one read ahead."""
@@ -92,6 +93,35 @@ class JobData:
                 out = np.zeros((len(global_rows), vals.shape[1]), np.float32)
             out[order[sel]] = vals
         return normalise_rows(out)
+
+
+    def gather_ids(self, row_ids: np.ndarray, which: str) -> np.ndarray:
+        """The ``image`` or ``text`` vectors of rows named by their row ids
+        (:class:`ShardView`'s: shard position and the row's ``index``), in the
+        order given, as a pass over the shards would have read them."""
+        row_ids = np.asarray(row_ids, np.int64)
+        shard_pos, row_pos = self._positions(row_ids)
+        return gather_vectors(self.cache, self.stems, shard_pos, row_pos, which)
+
+    def _positions(self, row_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(shard position, row position) of each row id; the last answer is
+        kept (a fit reads both sides of the same rows)."""
+        memo_key = hashlib.sha1(row_ids.tobytes()).digest()
+        if getattr(self, "_last_positions", (None,))[0] == memo_key:
+            return self._last_positions[1]
+        shard_pos = row_ids >> ROW_ID_SHIFT
+        row_pos = np.empty(len(row_ids), np.int64)
+        for s in np.unique(shard_pos):
+            at = np.flatnonzero(shard_pos == s)
+            index = self.cache.read_meta(self.stems[int(s)]).column("index").to_numpy()
+            order = np.argsort(index, kind="stable")
+            want = row_ids[at] & ((1 << ROW_ID_SHIFT) - 1)
+            found = order[np.clip(np.searchsorted(index[order], want), 0, len(index) - 1)]
+            if len(index) == 0 or not np.array_equal(index[found], want):
+                raise ValueError(f"row ids not found in partition {self.stems[int(s)]}")
+            row_pos[at] = found
+        self._last_positions = (memo_key, (shard_pos, row_pos))
+        return shard_pos, row_pos
 
 
 class StateFiles:
@@ -171,12 +201,14 @@ def fit_methods(settings, options: dict, data: JobData, estimator_spec, state_di
     if samplers and n_fit < 2:
         raise ValueError(f"{'/'.join(s.upper() for s in samplers)} need at least two scorable "
                          "samples to fit on")  # fmt: skip
+    data.imports_ready()  # the methods' fits import sklearn & co.
     files = StateFiles(state_dir)
     params = {}
     for name in settings.methods:
         ctx = FitContext(
             settings=settings, options=options, seed=seed, ok_counts=data.ok_counts,
             sample=samples.get(name, {}), log=log, gather_rows=data.gather_rows,
+            gather_ids=data.gather_ids,
             estimator=estimator_spec.get if estimator_spec is not None else None,
             encode_texts=text_encoder(estimator_spec, state_dir) if estimator_spec else None,
             iter_views=data.views, save_arrays=files.save, load_arrays=files.load,

@@ -46,19 +46,46 @@ def parts_to_do(layout, stems: list[str], fit_id: str, overwrite: bool) -> list[
 
 def transform_local(todo, data, scorers, pools, methods, base_meta, layout, on_done) -> None:
     """Each part in turn, the next shard read while this one is scored; the
-    neighbour searches of a few shards run together (:mod:`pipelines.search_ahead`)."""
+    neighbour searches of a few shards run together (:mod:`pipelines.search_ahead`),
+    and so do the transforms of methods that batch (``Method.batch_rows``):
+    their shards' parts are written once the batch is done."""
     # no pools: the shard's work is light and reading is the cost, so read two ahead
     views = iter_views(data.cache, todo, data.n_classes, data.memo, ahead=1 if pools else 2)
     sizes = [data.ok_counts[pos] for pos, _ in todo]
+    batched = [m for m in methods if catalog.get(m).batch_rows]
+    batch_rows = max([catalog.get(m).batch_rows for m in batched], default=0)
+    waiting, rows = [], 0
     for group in groups(views, plan_groups(sizes, GROUP_ROWS if pools else 0)):
         answered = answer_ahead(group, scorers, pools, methods) if pools else pools
         for stem, view in group:
-            meta = {**base_meta, "shard": stem}
-            table = transform_shard(view, stem, scorers, answered, methods, meta)
-            atomic_write_table(table, layout.part_path(stem))
-            on_done(stem)
+            columns: dict = {}
+            for name in methods:
+                method = catalog.get(name)
+                if name not in batched:
+                    columns.update(method.transform(scorers[name], view.pairs, answered, stem))
+            prepared = {m: catalog.get(m).prepare(scorers[m], view.pairs, stem) for m in batched}
+            waiting.append((stem, view.meta, view.ok, columns, prepared))
+            rows += len(view.pairs)
         del group, answered  # the group's views: memory is one group's
+        if rows >= batch_rows:
+            _finish(waiting, scorers, batched, methods, base_meta, layout, on_done)
+            waiting, rows = [], 0
         trim()
+    _finish(waiting, scorers, batched, methods, base_meta, layout, on_done)
+
+
+def _finish(waiting: list, scorers, batched, methods, base_meta, layout, on_done) -> None:
+    """The batched methods' columns for the waiting shards, then their parts."""
+    if not waiting:
+        return
+    for name in batched:
+        done = catalog.get(name).transform_batch(scorers[name], [w[4][name] for w in waiting])
+        for (_, _, _, columns, _), cols in zip(waiting, done, strict=True):
+            columns.update(cols)
+    for stem, meta, ok, columns, _ in waiting:
+        table = build_part(meta, ok, columns, methods, {**base_meta, "shard": stem})
+        atomic_write_table(table, layout.part_path(stem))
+        on_done(stem)
 
 
 def status_counts(parts) -> dict[str, int]:

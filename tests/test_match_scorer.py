@@ -148,3 +148,20 @@ def test_bad_settings_and_unfitted():
     x, y, ids = _tiny()
     with pytest.raises(ValueError):
         MatchScorer().fit(x, y, np.zeros(len(x), dtype=np.int64))  # duplicate ids
+
+
+def test_shards_scored_together_or_alone_agree(world):
+    """The local runner transforms several shards' prepared rows together
+    (larger matrix products); a Ray task transforms one. Each row's columns
+    must not depend on the rows it was batched with."""
+    image, text, _, ids = world
+    cuts = [slice(0, 700), slice(700, 2500), slice(2500, N)]
+    for extra in ({}, {"exact_max": 256}):  # the pool compared in full, and in cells
+        scorer = MatchScorer(score="csls", **SMALL, **extra).fit(image, text, ids)
+        alone = [scorer.transform(image[c], text[c], ids[c]) for c in cuts]
+        together = scorer.transform_prepared(
+            [scorer.prepare(image[c], text[c], ids[c]) for c in cuts]
+        )
+        for a, b in zip(alone, together, strict=True):
+            for col in COLUMNS:
+                np.testing.assert_array_equal(a[col], b[col])

@@ -70,6 +70,8 @@ class FitContext:
     sample: dict[str, np.ndarray] = field(default_factory=dict)
     log: Callable[[str], None] = print
     gather_rows: Callable[[np.ndarray, str], np.ndarray] | None = None
+    # (row ids as Pairs.row_ids gives them, side) -> those rows' vectors, in order
+    gather_ids: Callable[[np.ndarray, str], np.ndarray] | None = None
     estimator: Callable[[], Any] | None = None
     encode_texts: Callable[[list[str]], np.ndarray] | None = None
     iter_views: Callable[..., Any] | None = None  # (desc) -> iterable of (stem, ShardView)
@@ -154,6 +156,22 @@ class Method:
     # -- transform -----------------------------------------------------------
     def transform(self, scorer, pairs, pools: dict, seed_key: str) -> dict[str, np.ndarray]:
         """Columns for the ``ok`` rows of one shard."""
+        raise NotImplementedError
+
+    # A method whose transform runs faster on many rows at once (match's
+    # matrix products) sets ``batch_rows``: the local runner then calls
+    # :meth:`prepare` on each shard and :meth:`transform_batch` on shards of
+    # about that many rows together. Its :meth:`transform` must give the
+    # same columns (a Ray task transforms one shard).
+    batch_rows: int = 0
+
+    def prepare(self, scorer, pairs, seed_key: str):
+        """What :meth:`transform_batch` needs of one shard (kept small: the
+        shard's vectors are let go)."""
+        raise NotImplementedError
+
+    def transform_batch(self, scorer, prepared: list) -> list[dict[str, np.ndarray]]:
+        """Columns for several :meth:`prepare` results, in order."""
         raise NotImplementedError
 
     def metadata(self, params: dict) -> dict:

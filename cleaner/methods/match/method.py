@@ -34,6 +34,15 @@ def stable_ids(stem: str, keys) -> np.ndarray:
     return pd.util.hash_array(names, categorize=False).view(np.int64)
 
 
+def _pair_ids(pairs, stem: str) -> np.ndarray:
+    """:func:`stable_ids` of a shard's rows, memoised in ``pairs.extra``
+    (kept between the fit and transform passes)."""
+    hit = pairs.extra.get("match_ids")
+    if hit is None or len(hit) != len(pairs.keys):
+        hit = pairs.extra["match_ids"] = stable_ids(stem, pairs.keys)
+    return hit
+
+
 def _choice(allowed: tuple):
     def check(value) -> str | None:
         return None if value in allowed else f"must be one of {', '.join(allowed)}, not {value!r}"
@@ -60,7 +69,7 @@ class Match(Method):
     options = (
         Option("match_score", "csls", "match: the score, csls | negclip | cosine.", type=str,
                check=_choice(("csls", "negclip", "cosine"))),
-        Option("match_k", 3, "match: CSLS neighbours per side in the pool.", type=int),
+        Option("match_k", 1, "match: CSLS neighbours per side in the pool.", type=int),
         Option("match_pool_size", 1 << 14, "match: reference pool rows (seeded sample).",
                type=int),
         Option("match_batch_size", 4096, "match: negCLIPLoss batch size within the pool.",
@@ -107,12 +116,16 @@ class Match(Method):
         is a placeholder, the pipeline's sample of per-row values is unused."""
         if getattr(scorer, "candidates", None) is None:
             scorer.candidates = Candidates(scorer.settings)
-        scorer.candidates.offer(stable_ids(seed_key, pairs.keys), pairs.image, pairs.text)
+        scorer.candidates.offer(_pair_ids(pairs, seed_key), pairs.row_ids)
         return {"match_offered": np.ones(len(pairs.keys), dtype=bool)}
 
     def fit(self, scorer, ctx: FitContext) -> dict:
         collected = getattr(scorer, "candidates", None)
-        image, text, ids = collected.result() if collected else _candidates(scorer, ctx)
+        if collected is not None and ctx.gather_ids is not None:
+            ids, row_ids = collected.result()  # then only the chosen rows are read
+            image, text = ctx.gather_ids(row_ids, "image"), ctx.gather_ids(row_ids, "text")
+        else:
+            image, text, ids = _candidates(scorer, ctx)
         scorer.candidates = None
         if len(ids) < 3:
             raise ValueError("match needs at least 3 scorable samples to fit on")
@@ -132,14 +145,27 @@ class Match(Method):
         core = {k: v for k, v in params.items() if k not in ("pool_file", "candidates")}
         return MatchScorer.from_params(core, ctx.load_arrays(params["pool_file"]))
 
+    # the pool search of 2^16 rows at once: 1 KiB a row prepared (the
+    # pairs' projections), and most of the gain of larger matrix products
+    batch_rows = 1 << 16
+
     def transform(self, scorer, pairs, pools: dict, seed_key: str) -> dict[str, np.ndarray]:
-        return scorer.transform(pairs.image, pairs.text, stable_ids(seed_key, pairs.keys))
+        return self.transform_batch(scorer, [self.prepare(scorer, pairs, seed_key)])[0]
+
+    def prepare(self, scorer, pairs, seed_key: str) -> dict:
+        return scorer.prepare(pairs.image, pairs.text, _pair_ids(pairs, seed_key))
+
+    def transform_batch(self, scorer, prepared: list) -> list[dict[str, np.ndarray]]:
+        return scorer.transform_prepared(prepared)
 
 
 class Candidates:
     """Streaming bottom-k: the rows of smallest pool hash (pool_size of them)
     and of smallest fit-sample hash (fit_size), whatever order the shards
-    and rows come in. Memory: at most PRUNE x (pool_size + fit_size) rows."""
+    and rows come in. Only ids are kept (the fit then reads the chosen
+    rows' vectors): memory at most PRUNE x (pool_size + fit_size) x 32 bytes,
+    and no vector is copied during the pass (copying them cost 3 s per 1M
+    rows)."""
 
     PRUNE = 1.25
 
@@ -149,7 +175,9 @@ class Candidates:
         self.size = 0
         self.limits = None  # (pool, fit) hash thresholds once pruned
 
-    def offer(self, ids: np.ndarray, image: np.ndarray, text: np.ndarray) -> None:
+    def offer(self, ids: np.ndarray, row_ids: np.ndarray) -> None:
+        """``ids``: the stable ids the draws hash; ``row_ids``: where the
+        pipeline finds each row (:meth:`FitContext.gather_ids`)."""
         from cleaner.methods.match.pool import SALT_FIT, SALT_POOL, row_hash
 
         seed = self.settings["seed"]
@@ -158,34 +186,29 @@ class Candidates:
         if self.limits is not None:
             keep = (hp <= self.limits[0]) | (hf <= self.limits[1])
         if keep.any():
-            self.parts.append((hp[keep], hf[keep], ids[keep], image[keep], text[keep]))
+            self.parts.append((hp[keep], hf[keep], ids[keep], np.asarray(row_ids)[keep]))
             self.size += int(keep.sum())
         if self.size > self.PRUNE * (self.settings["pool_size"] + self.settings["fit_size"]):
             self._prune()
 
     def _prune(self) -> None:
-        hp, hf = (
-            np.concatenate([p[0] for p in self.parts]),
-            np.concatenate([p[1] for p in self.parts]),
-        )
+        hp, hf, ids, rids = (np.concatenate([p[i] for p in self.parts]) for i in range(4))
         st = self.settings
         pool_k, fit_k = min(st["pool_size"], len(hp)), min(st["fit_size"], len(hp))
         lim_p = np.partition(hp, pool_k - 1)[pool_k - 1]
         lim_f = np.partition(hf, fit_k - 1)[fit_k - 1]
-        # only the kept rows of each part are copied (vectors are the bulk)
-        masks = [(p[0] <= lim_p) | (p[1] <= lim_f) for p in self.parts]
-        self.parts = [tuple(np.concatenate([p[i][m] for p, m in zip(self.parts, masks)])
-                            for i in range(5))]  # fmt: skip
-        self.size = len(self.parts[0][0])
+        keep = (hp <= lim_p) | (hf <= lim_f)
+        self.parts = [(hp[keep], hf[keep], ids[keep], rids[keep])]
+        self.size = int(keep.sum())
         if len(hp) >= st["pool_size"] and len(hp) >= st["fit_size"]:
             self.limits = (lim_p, lim_f)
 
-    def result(self):
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(stable ids, row ids) of the rows kept."""
         if not self.parts:
-            return np.zeros((0, 1), np.float32), np.zeros((0, 1), np.float32), np.zeros(0, np.int64)
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
         self._prune()
-        _, _, ids, image, text = self.parts[0]
-        return image, text, ids
+        return self.parts[0][2], self.parts[0][3]
 
 
 def _candidates(scorer, ctx: FitContext):

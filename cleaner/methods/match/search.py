@@ -42,6 +42,11 @@ from cleaner.methods.threads import n_workers, parallel_map, single_threaded_bla
 _TRAIN_PER_LIST = 64
 _BASIS_ROWS = 4096  # per side: a principal subspace needs far fewer rows than the pool
 _BLOCK_ELEMS = 1 << 22  # largest (queries x candidates) block: 16 MiB of float32
+# up to this many values per row are picked by repeated argmax passes: at 4
+# of 1,259 candidates 5x faster than a partition plus sort (measured on 20k
+# rows)
+_ARGMAX_TAKE = 8
+_TIE = 1e-5  # products this close may rank either way in another batch
 
 
 def projection(image: np.ndarray, text: np.ndarray, dim: int) -> np.ndarray | None:
@@ -80,16 +85,39 @@ class PoolSearch:
         self.basis = basis
         self.proj = self.project(np.ascontiguousarray(vectors, dtype=np.float32))
         self.n = len(self.proj)
-        self.centroids, self.cells = None, None
+        self.centroids, self.cells, self.cell_rows = None, None, None
         if nlist > 1 and self.n > 1:
             centroids, assign, order, _ = train_lists(self.proj, nlist, seed, _TRAIN_PER_LIST)
             near = np.argsort(-(centroids @ centroids.T), axis=1, kind="stable")
             near = near[:, : max(1, min(nprobe, len(centroids)))]
             members = [np.flatnonzero(assign == c) for c in range(len(centroids))]
-            # each cell's candidates, stored contiguously: one product per cell
-            self.cells = [np.ascontiguousarray(self.proj[np.concatenate([members[j] for j in row])])
-                          for row in near]  # fmt: skip
+            # each cell's candidates (pool positions), their vectors stored
+            # contiguously: one product per cell
+            self.cell_rows = [np.concatenate([members[j] for j in row]) for row in near]
+            self.cells = [np.ascontiguousarray(self.proj[rows]) for rows in self.cell_rows]
             self.centroids = centroids
+
+    def _cells_of(self, q: np.ndarray) -> np.ndarray:
+        """Each query's nearest centroid; where the two nearest are within
+        rounding of each other, decided by exact row-wise products (the
+        same cell however the queries are batched)."""
+        cell = np.empty(len(q), dtype=np.int64)
+        for s in range(0, len(q), 65_536):
+            sims = q[s : s + 65_536] @ self.centroids.T
+            best = sims.max(axis=1)
+            cell[s : s + 65_536] = sims.argmax(axis=1)
+            close = np.flatnonzero(((best[:, None] - sims) < _TIE).sum(axis=1) > 1)
+            if len(close):
+                exact = np.multiply(q[s + close, None, :], self.centroids[None], dtype=np.float32)
+                cell[s + close] = exact.sum(axis=-1).argmax(axis=1)
+        return cell
+
+    def _exact(self, q: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """q[i] . pool[pos[i, j]] one pair at a time, best first: what a
+        row gets does not depend on the rows it was batched with (a matrix
+        product's rounding does), so shards scored together or alone agree."""
+        vals = np.multiply(self.proj[pos], q[:, None, :], dtype=np.float32).sum(axis=-1)
+        return -np.sort(-vals, axis=1)
 
     def project(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -103,27 +131,50 @@ class PoolSearch:
         if m == 0 or self.n == 0:
             return out
         if self.cells is None:
-            groups = [(np.arange(m), self.proj)]
+            groups = [(np.arange(m), self.proj, None)]
         else:
-            cell = np.empty(m, dtype=np.int64)
-            for s in range(0, m, 65_536):
-                cell[s : s + 65_536] = (q[s : s + 65_536] @ self.centroids.T).argmax(axis=1)
+            cell = self._cells_of(q)
             order = np.argsort(cell, kind="stable")
             bounds = np.searchsorted(cell[order], np.arange(len(self.cells) + 1))
-            groups = [(order[bounds[c] : bounds[c + 1]], self.cells[c])
+            groups = [(order[bounds[c] : bounds[c + 1]], self.cells[c], self.cell_rows[c])
                       for c in range(len(self.cells)) if bounds[c + 1] > bounds[c]]  # fmt: skip
         work = []
-        for rows, cand in groups:
+        for rows, cand, at in groups:
             step = max(1, _BLOCK_ELEMS // max(1, len(cand)))
-            work += [(rows[s : s + step], cand) for s in range(0, len(rows), step)]
+            work += [(rows[s : s + step], cand, at) for s in range(0, len(rows), step)]
 
-        def block(item) -> None:
-            rows, cand = item
-            sims = q[rows] @ cand.T
-            take = min(kk, sims.shape[1])
-            top = np.partition(sims, sims.shape[1] - take, axis=1)[:, -take:]
-            out[rows, :take] = -np.sort(-top, axis=1)
+        def blocks(items) -> None:
+            for rows, cand, at in items:
+                pos = largest_at(q[rows] @ cand.T, min(kk + 1, len(cand)))
+                vals = self._exact(q[rows], pos if at is None else at[pos])
+                out[rows, : min(kk, vals.shape[1])] = vals[:, :kk]
 
+        # a few runs of blocks per thread, not a task per block: a shard's
+        # cells hold ~100 queries each, so per-task overhead would dominate
+        workers = min(n_workers(), len(work))
         with single_threaded_blas():
-            parallel_map(block, work, workers=min(n_workers(), len(work)))
+            parallel_map(blocks, _runs(work, 2 * workers), workers=workers)
         return out
+
+
+def _runs(work: list, n: int) -> list[list]:
+    """``work`` cut into at most ``n`` consecutive runs of similar cost."""
+    cost = np.cumsum([len(rows) * len(cand) for rows, cand, _ in work], dtype=np.float64)
+    if not len(cost):
+        return []
+    cut = np.searchsorted(cost, cost[-1] * np.arange(1, n) / n, side="right")
+    bounds = np.unique(np.r_[0, cut, len(work)])
+    return [work[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def largest_at(sims: np.ndarray, take: int) -> np.ndarray:
+    """(m, take) column positions of the largest values of each row of
+    ``sims`` (overwritten: the picked entries become -inf)."""
+    if take > _ARGMAX_TAKE:
+        return np.argpartition(sims, sims.shape[1] - take, axis=1)[:, -take:]
+    rows = np.arange(len(sims))
+    out = np.empty((len(sims), take), dtype=np.int64)
+    for j in range(take):
+        out[:, j] = at = sims.argmax(axis=1)
+        sims[rows, at] = -np.inf
+    return out
