@@ -18,7 +18,8 @@ built before any part is written, and rebuilt identically by a resumed run:
    and PQ fast-scan codes are tuned too and the cheapest kept
    (:func:`tuned`). The check costs one exact search of
    :data:`RECALL_QUERIES` rows per pool -- fixed, whatever the job's size
-   (measured at 1M pairs: 2.0 s of 59 s for the three pools).
+   (measured at 1M pairs: 2.0 s of 59 s for the three pools); smaller jobs
+   check fewer rows (at least :data:`RECALL_MIN`).
 
 What each pool holds (qualifying rows, pool size, sampling fraction, the
 search and its probing, recall) is recorded in the sidecar metadata
@@ -44,7 +45,12 @@ from pipelines.fit_stage import JobData, log
 from pipelines.heap import trim
 from pipelines.shard_view import gather_vectors
 
-RECALL_QUERIES = 1000  # seeded rows: half tune nprobe, half measure recall@1
+# seeded rows: half tune nprobe, half measure recall@1 (500 measure it to
+# +-0.008 at 0.97); a job of fewer than RECALL_QUERIES * 160 rows checks
+# fewer, never under RECALL_MIN (+-0.01): the exact searches cost queries x
+# pool rows, 14% of a 100k-row job at 1000 queries
+RECALL_QUERIES = 1000
+RECALL_MIN = 600
 RECALL_TARGET = 0.95
 RETUNE_PROBES = 4.0  # more lists per query than this: try finer cells and PQ codes
 RETUNE_MIN_ROWS = 16_384  # smaller pools are cheap to search whatever their cells
@@ -77,7 +83,8 @@ def _specs(scorers: dict, params: dict, settings) -> dict[str, PoolSpec]:
 
 def _sample_rows(scorers: dict, specs: dict, data: JobData, seed: int):
     """The streaming pass: every pool's sample, and the recall queries' rows."""
-    queries = PoolSampler(RECALL_QUERIES, sum(data.ok_counts))
+    total = int(sum(data.ok_counts))
+    queries = PoolSampler(min(RECALL_QUERIES, max(RECALL_MIN, total // 160)), total)
     for stem, view in data.views("index"):
         p = view.pairs
         if len(p) == 0:

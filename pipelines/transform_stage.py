@@ -14,7 +14,7 @@ from cleaner.io.sidecar import atomic_write_table, build_part, merge_parts, part
 from cleaner.methods import catalog
 from pipelines.heap import trim
 from pipelines.search_ahead import GROUP_ROWS, answer_ahead, groups, plan_groups
-from pipelines.shard_view import ShardView, iter_views
+from pipelines.shard_view import ShardView
 
 
 def transform_shard(
@@ -50,7 +50,7 @@ def transform_local(todo, data, scorers, pools, methods, base_meta, layout, on_d
     and so do the transforms of methods that batch (``Method.batch_rows``):
     their shards' parts are written once the batch is done."""
     # no pools: the shard's work is light and reading is the cost, so read two ahead
-    views = iter_views(data.cache, todo, data.n_classes, data.memo, ahead=1 if pools else 2)
+    views = data.read(todo, ahead=1 if pools else 2)
     sizes = [data.ok_counts[pos] for pos, _ in todo]
     batched = [m for m in methods if catalog.get(m).batch_rows]
     batch_rows = max([catalog.get(m).batch_rows for m in batched], default=0)

@@ -177,6 +177,15 @@ def test_auto_conflicts_are_config_errors(world, tmp_path, monkeypatch, capsys, 
     assert code == 2 and message in err, err
 
 
+def test_sps_eps2_by_hand_conflicts_with_auto(world, tmp_path, monkeypatch, capsys):
+    """auto maps SPS's eps2 too: a hand-set one is refused, not silently replaced."""
+    code, err = cli_in_process(monkeypatch, capsys, "score", "--embeddings", world[0] / "emb",
+                               "--out", tmp_path / "w.parquet", "--methods", "sps",
+                               "--thresholds", "auto", "--sps-eps2", "0.3",
+                               "--no-progress")  # fmt: skip
+    assert code == 2 and "--sps-eps2" in err, err
+
+
 def test_crossing_is_exact_on_the_balance_curve():
     knots, balance = [0.0, 0.5, 1.0], [0.0, 0.2, 1.0]
     assert thresholds._crossing(knots, balance, 0.5) == pytest.approx(0.5 + 0.3 / 0.8 * 0.5)

@@ -53,7 +53,7 @@ def _static_params() -> list[tuple[str, object, object]]:
         ("beta_source", str, opt("noise", "--beta-source", help="OSA beta from 'noise' (K noise images x K random token sequences; needs the model) or 'shuffled' (K real mismatched pairs).", rich_help_panel=METHODS)),
         ("beta_samples", int | None, opt(None, "--beta-samples", help="K for the beta estimate [default: 64 for noise, 10000 for shuffled].", rich_help_panel=METHODS)),
         ("beta", float | None, opt(None, "--beta", help="Set beta by hand (cosine units); skips estimation.", rich_help_panel=METHODS)),
-        ("thresholds", str | None, opt(None, "--thresholds", show_default=False, help="auto (the default): OSA's beta and SDD's alpha/beta_c mapped from the data's cosine calibrated against shuffled pairs, so they mean on any estimator what they mean on CLIP; paper: the published constants, to reproduce a paper (the default when --beta, --beta-samples, --beta-source, --sdd-alpha or --sdd-beta-c is given). See docs/methods.md.", rich_help_panel=METHODS)),
+        ("thresholds", str | None, opt(None, "--thresholds", show_default=False, help="auto (the default): OSA's keep cut, SDD's alpha/beta_c and SPS's eps2 mapped from the data's cosine calibrated against shuffled pairs, so they mean on any estimator what they mean on CLIP; paper: the published constants, to reproduce a paper (the default when --beta, --beta-samples, --beta-source, --sdd-alpha, --sdd-beta-c or --sps-eps2 is given). See docs/methods.md.", rich_help_panel=METHODS)),
         ("seed", int, opt(0, "--seed", help="Seed for every random choice (beta sampling, fit samples, batches).", rich_help_panel=METHODS)),
         ("fit_sample", int, opt(1_000_000, "--fit-sample", help="Rows used for global fits (GMMs); a seeded uniform sample when there are more.", rich_help_panel=FIT)),
         ("exact_threshold", int, opt(2048, "--exact-threshold", help="Nearest neighbours: exact search up to this many pool rows, inverted lists above (probing tuned to recall@1 >= 0.95, recall recorded).", rich_help_panel=FIT)),
@@ -118,7 +118,8 @@ def _job(ctx: typer.Context, p: dict):
     if not p["shards"] and not p["embeddings"]:
         raise ConfigError("give shards to score, or --embeddings DIR")
     options = _method_options(ctx, p, methods)
-    by_hand = [o for o in ("sdd_alpha", "sdd_beta_c") if o in options and _given(ctx, o)]
+    mapped = ("sdd_alpha", "sdd_beta_c", "sps_eps2")  # what --thresholds auto sets
+    by_hand = [o for o in mapped if o in options and _given(ctx, o)]
     if p["thresholds"] is None:  # paper constants set by hand ask for paper mode
         paper = by_hand or any(_given(ctx, o) for o in ("beta", "beta_samples", "beta_source"))
         p["thresholds"] = "paper" if paper else "auto"

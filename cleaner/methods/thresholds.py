@@ -119,11 +119,13 @@ def sample_cosines(ctx, rows: int = AUTO_ROWS, rounds: int = NULL_ROUNDS):
     picked = np.sort(rng.choice(total, size=min(total, rows), replace=False))
     # float32 rows, products summed in float64 (the same values as float64
     # copies, without 4 x 134 MB of them at 32k rows)
-    image = ctx.gather_rows(picked, "image")
-    text = ctx.gather_rows(picked, "text")
-    real = np.einsum("ij,ij->i", image, text, dtype=np.float64)
     order = rng.permutation(len(picked))
-    image, text = image[order], text[order]  # permuted once; the rounds are views
+    # read in the permuted order (the rounds are views of it, no copies);
+    # ``real`` is returned in the order of ``picked``
+    image = ctx.gather_rows(picked[order], "image")
+    text = ctx.gather_rows(picked[order], "text")
+    real = np.empty(len(picked), dtype=np.float64)
+    real[order] = np.einsum("ij,ij->i", image, text, dtype=np.float64)
     null = [_shifted_cosines(image, text, r) for r in range(1, min(rounds, len(picked) - 1) + 1)]
     return real, np.concatenate(null)
 
