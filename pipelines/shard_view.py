@@ -144,17 +144,23 @@ def gather_vectors(cache: EmbeddingCache, stems, shard_pos, row_pos, which: str)
     """Normalised float32 ``image`` or ``text`` vectors of the rows
     (shard position, row position in its partition), read from the memory
     maps one shard at a time, in the order given."""
+    from cleaner.methods.threads import parallel_map
+
     shard_pos, row_pos = np.asarray(shard_pos, np.int64), np.asarray(row_pos, np.int64)
-    out = None
-    for s in np.unique(shard_pos):
+    shards = np.unique(shard_pos)
+    if not len(shards):
+        return np.empty((0, 0), dtype=np.float32)
+    first = cache.open_vectors(stems[int(shards[0])])[0]
+    out = np.empty((len(row_pos), first.shape[1]), dtype=np.float32)
+
+    def read(s) -> None:  # shards fill disjoint rows; numpy copies without the GIL
         at = np.flatnonzero(shard_pos == s)
         order = np.argsort(row_pos[at], kind="stable")  # forward reads of the map
         img, txt = cache.open_vectors(stems[int(s)])
-        arr = img if which == "image" else txt
-        if out is None:
-            out = np.empty((len(row_pos), arr.shape[1]), dtype=np.float32)
-        out[at[order]] = _normalised_f32(arr, row_pos[at[order]])
-    return out if out is not None else np.empty((0, 0), dtype=np.float32)
+        out[at[order]] = _normalised_f32(img if which == "image" else txt, row_pos[at[order]])
+
+    parallel_map(read, shards)
+    return out
 
 
 def iter_views(cache: EmbeddingCache, items, n_classes=None, memo=None, ahead: int = 1):

@@ -94,3 +94,32 @@ def test_key_batched_losses_follow_the_rows():
     by_pos = SPSScorer().batch_stats(moved, "shard")[0]
     assert not np.array_equal(by_pos, loss[perm])
     assert SPSScorer.from_params(SPSScorer(batch_by="key").fit(loss).get_params()).batch_by == "key"
+
+
+def test_kept_views_and_streaming_give_the_same_columns(tmp_path, monkeypatch):
+    """Small jobs keep their shards' views between passes; large ones read
+    every shard again in each pass. Both must write the same sidecar (with
+    match too: it batches shards and reads its fit rows by row id)."""
+    import pipelines.fit_stage as fit_stage
+
+    image, text, _ = make_pair_mixture(2400, dim=128, noise_fraction=0.3, n_clusters=24, seed=5)
+    write_embedding_dir(tmp_path / "emb", image, text, shard_size=500)
+    settings = {"pool_size": 300, "exact_threshold": 100,
+                "options": {"match_pool_size": 600, "match_fit_size": 800}}  # fmt: skip
+
+    def score(out):
+        job = ScoreJob(out=str(out), embeddings=str(tmp_path / "emb"), progress=False,
+                       argv=["test"], settings=ScoreSettings(
+                           methods=["osa", "sdd", "sps", "match"], beta_source="shuffled",
+                           **settings))  # fmt: skip
+        run_score(job)
+        return pq.read_table(out).to_pandas().set_index("key").sort_index()
+
+    kept = score(tmp_path / "kept.parquet")
+    monkeypatch.setattr(fit_stage, "KEEP_VIEWS_BYTES", 0)
+    streamed = score(tmp_path / "streamed.parquet")
+    assert len(kept) == 2400 and kept.match_keep.any() and not kept.match_keep.all()
+    for col in kept.columns:
+        x, y = kept[col].to_numpy(), streamed[col].to_numpy()
+        same = (x == y) | (kept[col].isna().to_numpy() & streamed[col].isna().to_numpy())
+        assert same.all(), f"{col}: {(~same).sum()} rows differ"
