@@ -463,6 +463,32 @@ def auto_target_sentences(
     return lines, met
 
 
+def auto_params_sentence(params: dict) -> str:
+    """What ``--thresholds auto`` set, from a sidecar's ``params``: OSA's
+    weight form, beta (the density crossing) and keep cut (its verdict
+    ``cosine > keep_cut``), SDD's alpha / beta_c, SPS's eps2."""
+    osa, sdd, sps = (params.get(m) or {} for m in ("osa", "sdd", "sps"))
+
+    def num(value, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    beta = (osa.get("beta") or {}).get("value")
+    out = (
+        f"OSA's auto form: `{osa.get('form')}`, beta {num(beta, '.4f')}, "
+        f"keep cut {num(osa.get('keep_cut'), '.4f')} (verdict `cosine > keep_cut`); SDD's alpha "
+        f"{num(sdd.get('alpha'), '.2f')}, beta_c {num(sdd.get('beta_c'), '.2f')} (paper: 20 / 30)"
+    )
+    if sps:
+        drop = (sps.get("thresholds") or {}).get("drop_share")
+        share = (
+            ""
+            if drop is None
+            else f"set to drop the keep cut's share, {100 * drop:.1f}% of the sampled rows; "
+        )
+        out += f"; SPS's eps2 {num(sps.get('eps2'), '.4f')} ({share}paper: 0.5)"
+    return out + "."
+
+
 def _precision_at_recall(scores: np.ndarray, clean: np.ndarray, recall: float) -> float:
     """Precision of the shortest top-``scores`` prefix whose recall reaches ``recall``."""
     hits = np.cumsum(clean[np.argsort(-scores, kind="stable")])
@@ -831,10 +857,7 @@ def main() -> None:
         "AUROC within 0.005 of the best score's (the raw cosine counts as a score).\n",
         "\n".join(a_lines) + "\n",
         f"\nSummary: met by {', '.join(a_met) or 'none'} ({len(a_met)} of {len(AUTO_METHODS)}). "
-        f"OSA's auto form: `{results[HEADLINE_SET]['meta_auto']['params']['osa'].get('form')}`, beta "
-        f"{results[HEADLINE_SET]['meta_auto']['params']['osa']['beta']['value']:.4f}; SDD's alpha "
-        f"{results[HEADLINE_SET]['meta_auto']['params']['sdd']['alpha']:.2f}, beta_c "
-        f"{results[HEADLINE_SET]['meta_auto']['params']['sdd']['beta_c']:.2f} (paper: 20 / 30).\n",
+        f"{auto_params_sentence(results[HEADLINE_SET]['meta_auto']['params'])}\n",
         "\nThe same, every caption set (not targets; shifted 50% is an unfamiliar domain):\n",
         md_table(
             ["set", "method", "keep rule", "clean kept %", "noise caught %", "AUROC"],
