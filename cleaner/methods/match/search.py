@@ -44,7 +44,7 @@ _BASIS_ROWS = 4096  # per side: a principal subspace needs far fewer rows than t
 _BLOCK_ELEMS = 1 << 22  # largest (queries x candidates) block: 16 MiB of float32
 # up to this many values per row are picked by repeated argmax passes: at 4
 # of 1,259 candidates 5x faster than a partition plus sort (measured on 20k
-# rows)
+# rows); more are sorted
 _ARGMAX_TAKE = 8
 _TIE = 1e-5  # products this close may rank either way in another batch
 
@@ -104,9 +104,11 @@ class PoolSearch:
         cell = np.empty(len(q), dtype=np.int64)
         for s in range(0, len(q), 65_536):
             sims = q[s : s + 65_536] @ self.centroids.T
-            best = sims.max(axis=1)
-            cell[s : s + 65_536] = sims.argmax(axis=1)
-            close = np.flatnonzero(((best[:, None] - sims) < _TIE).sum(axis=1) > 1)
+            rows = np.arange(len(sims))
+            cell[s : s + 65_536] = at = sims.argmax(axis=1)
+            best = sims[rows, at]
+            sims[rows, at] = -np.inf
+            close = np.flatnonzero(best - sims.max(axis=1) < _TIE)
             if len(close):
                 exact = np.multiply(q[s + close, None, :], self.centroids[None], dtype=np.float32)
                 cell[s + close] = exact.sum(axis=-1).argmax(axis=1)
@@ -145,9 +147,11 @@ class PoolSearch:
 
         def blocks(items) -> None:
             for rows, cand, at in items:
-                pos = largest_at(q[rows] @ cand.T, min(kk + 1, len(cand)))
-                vals = self._exact(q[rows], pos if at is None else at[pos])
-                out[rows, : min(kk, vals.shape[1])] = vals[:, :kk]
+                qb = q[rows]
+                pos, tied = largest_at(qb @ cand.T, min(kk, len(cand)))
+                if len(tied):  # ranked within rounding: rank those rows exactly
+                    pos[tied] = _exact_top(qb[tied], cand, pos.shape[1])
+                out[rows, : pos.shape[1]] = self._exact(qb, pos if at is None else at[pos])
 
         # a few runs of blocks per thread, not a task per block: a shard's
         # cells hold ~100 queries each, so per-task overhead would dominate
@@ -167,14 +171,30 @@ def _runs(work: list, n: int) -> list[list]:
     return [work[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-def largest_at(sims: np.ndarray, take: int) -> np.ndarray:
+def largest_at(sims: np.ndarray, take: int) -> tuple[np.ndarray, np.ndarray]:
     """(m, take) column positions of the largest values of each row of
-    ``sims`` (overwritten: the picked entries become -inf)."""
-    if take > _ARGMAX_TAKE:
-        return np.argpartition(sims, sims.shape[1] - take, axis=1)[:, -take:]
+    ``sims`` (overwritten), and the rows whose take-th and next largest are
+    within :data:`_TIE` (a product cut another way could rank them the other
+    way round)."""
     rows = np.arange(len(sims))
-    out = np.empty((len(sims), take), dtype=np.int64)
-    for j in range(take):
-        out[:, j] = at = sims.argmax(axis=1)
-        sims[rows, at] = -np.inf
-    return out
+    if take > _ARGMAX_TAKE or take >= sims.shape[1]:
+        top = np.argsort(-sims, axis=1, kind="stable")[:, : take + 1]
+        vals = np.take_along_axis(sims, top, axis=1)
+        last, nxt = vals[:, take - 1], vals[:, take] if take < sims.shape[1] else None
+        pos = top[:, :take]
+    else:
+        pos = np.empty((len(sims), take), dtype=np.int64)
+        for j in range(take):
+            pos[:, j] = at = sims.argmax(axis=1)
+            last = sims[rows, at]
+            sims[rows, at] = -np.inf
+        nxt = sims.max(axis=1)
+    tied = np.empty(0, np.int64) if nxt is None else np.flatnonzero(last - nxt < _TIE)
+    return pos, tied
+
+
+def _exact_top(q: np.ndarray, cand: np.ndarray, take: int) -> np.ndarray:
+    """Positions of the ``take`` largest row-wise products of each query with
+    every candidate (ties: lower position first)."""
+    exact = np.multiply(q[:, None, :], cand[None], dtype=np.float32).sum(axis=-1)
+    return np.argsort(-exact, axis=1, kind="stable")[:, :take]
