@@ -336,7 +336,9 @@ def _data_paragraph(results: list[dict], shard: int, dim: int, noise: float) -> 
         f"Synthetic CLIP-like mixture (`make_pair_mixture`'s model, {dim}-d, 64 clusters, {noise:.0%} mismatched), "
         f"{shard:,} rows per cache partition (float16 on disk, in the page cache), scored in-process with "
         "`run_score` (`--methods osa,sdd,sps --beta-source shuffled`, default settings: pool size 2^16, exact "
-        "search up to 2,048 pool rows, fit sample 1M rows), merged into one Parquet file. Data generation is not "
+        "search up to 2,048 pool rows, fit sample 1M rows; a job whose float32 vectors fit in 512 MiB -- 100k "
+        "here, not 1M or 3M -- keeps its shards' views between passes instead of reading them again, which is "
+        "what its peak RSS includes), merged into one Parquet file. Data generation is not "
         f"timed. CPU use = process CPU seconds / wall seconds (this machine has {os.cpu_count()} cores); peak RSS "
         "sampled every 20 ms (baseline " + ", ".join(f"{size(r['n'])}: {r['monitor'].baseline / GIB:.2f} GiB" for r in results)
         + f"). Load average (1 min) after the runs: {load:.2f} -- figures taken on a loaded machine are not final.\n\n"
