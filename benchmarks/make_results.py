@@ -6,7 +6,7 @@ import os
 
 from _common import HERE, RESULTS_DIR
 
-ORDER = ["embed_throughput", "scoring_throughput", "index", "match", "clipcleaner", "detection", "temperature", "training", "flickr8k", "memory"]
+ORDER = ["embed_throughput", "scoring_throughput", "index", "match", "clipcleaner", "detection", "temperature", "training", "training_seeds", "flickr8k", "memory"]
 
 
 def main() -> None:
