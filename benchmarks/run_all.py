@@ -27,10 +27,11 @@ BENCHMARKS = [
     "bench_temperature.py",
     "bench_flickr8k.py",
     "bench_training.py",
+    "bench_training_seeds.py",  # after bench_training: it reuses that run's embeddings
 ]
 
-# too slow for the quick run (a second estimator pre-training)
-FULL_ONLY = {"bench_temperature.py"}
+# too slow for the quick run (a second estimator pre-training; six full training runs)
+FULL_ONLY = {"bench_temperature.py", "bench_training_seeds.py"}
 
 
 def main() -> int:
