@@ -6,14 +6,15 @@ The scorer draws its reference pool and its calibration sample as the rows
 of smallest seeded hash. Rows are identified by a hash of (shard, key), not
 by their position, so the same samples give the same pool and verdicts
 whatever their order. ``sample_columns`` (called on every shard in the fit
-pass that SDD and SPS read their samples in) offers each shard's rows to a
-streaming bottom-k (:class:`Candidates`), so memory is bounded by the pool
-and sample sizes, not by the data, and the scorer then picks exactly the
-rows it would have picked from all of them -- without reading the cache
-once more (at 1M rows a pass costs seconds; the cost target is 20% of the
-whole scoring). Without that pass (a fit called on its own), ``_candidates``
-streams the cache itself. The pool vectors are kept as an array file in
-the job's state folder (``ctx.save_arrays``).
+pass that SDD and SPS read their samples in) offers each shard's row ids to
+a streaming bottom-k (:class:`Candidates`), so memory is bounded by the pool
+and sample sizes, not by the data, and the fit then reads the vectors of
+exactly the rows it would have picked from all of them by row id
+(``ctx.gather_ids``) -- no second pass over the cache (at 1M rows a pass
+costs seconds; the cost target is 20% of the whole scoring). Without that
+pass (a fit called on its own), ``_candidates`` streams the cache itself.
+The pool vectors are kept as an array file in the job's state folder
+(``ctx.save_arrays``).
 """
 
 from __future__ import annotations
