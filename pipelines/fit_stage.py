@@ -55,6 +55,7 @@ class JobData:
         self.n_classes, self.progress = n_classes, progress
         self.memo = RowMemo()  # per-shard values the methods memoise, kept across passes
         self.kept = {} if self._vector_bytes() <= KEEP_VIEWS_BYTES else None
+        self._last_positions: tuple = (None, None)  # (row ids digest, their positions)
 
     def _vector_bytes(self) -> int:
         """Bytes of the scorable rows' vectors as float32, both sides."""
@@ -121,7 +122,6 @@ class JobData:
             out[order[sel]] = vals
         return normalise_rows(out)
 
-
     def gather_ids(self, row_ids: np.ndarray, which: str) -> np.ndarray:
         """The ``image`` or ``text`` vectors of rows named by their row ids
         (:class:`ShardView`'s: shard position and the row's ``index``), in the
@@ -134,7 +134,7 @@ class JobData:
         """(shard position, row position) of each row id; the last answer is
         kept (a fit reads both sides of the same rows)."""
         memo_key = hashlib.sha1(row_ids.tobytes()).digest()
-        if getattr(self, "_last_positions", (None,))[0] == memo_key:
+        if self._last_positions[0] == memo_key:
             return self._last_positions[1]
         shard_pos = row_ids >> ROW_ID_SHIFT
         row_pos = np.empty(len(row_ids), np.int64)

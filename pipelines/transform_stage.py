@@ -20,10 +20,16 @@ from pipelines.shard_view import ShardView
 def transform_shard(
     view: ShardView, stem: str, scorers: dict, pools: dict, methods: list[str], metadata: dict
 ) -> pa.Table:
+    columns = shard_columns(view, stem, scorers, pools, methods)
+    return build_part(view.meta, view.ok, columns, methods, metadata)
+
+
+def shard_columns(view: ShardView, stem: str, scorers: dict, pools: dict, methods) -> dict:
+    """The ``methods``' columns for one shard, each from its own transform."""
     columns: dict = {}
     for name in methods:
         columns.update(catalog.get(name).transform(scorers[name], view.pairs, pools, stem))
-    return build_part(view.meta, view.ok, columns, methods, metadata)
+    return columns
 
 
 def params_for_metadata(params: dict) -> dict:
@@ -53,16 +59,13 @@ def transform_local(todo, data, scorers, pools, methods, base_meta, layout, on_d
     views = data.read(todo, ahead=1 if pools else 2)
     sizes = [data.ok_counts[pos] for pos, _ in todo]
     batched = [m for m in methods if catalog.get(m).batch_rows]
+    alone = [m for m in methods if m not in batched]
     batch_rows = max([catalog.get(m).batch_rows for m in batched], default=0)
     waiting, rows = [], 0
     for group in groups(views, plan_groups(sizes, GROUP_ROWS if pools else 0)):
         answered = answer_ahead(group, scorers, pools, methods) if pools else pools
         for stem, view in group:
-            columns: dict = {}
-            for name in methods:
-                method = catalog.get(name)
-                if name not in batched:
-                    columns.update(method.transform(scorers[name], view.pairs, answered, stem))
+            columns = shard_columns(view, stem, scorers, answered, alone)
             prepared = {m: catalog.get(m).prepare(scorers[m], view.pairs, stem) for m in batched}
             waiting.append((stem, view.meta, view.ok, columns, prepared))
             rows += len(view.pairs)

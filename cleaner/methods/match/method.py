@@ -25,7 +25,7 @@ import pyarrow as pa
 from cleaner.methods.registry import FitContext, Method, Option
 
 MARGIN = 1.5  # candidates kept per needed row: the threshold is set from an expectation
-_BUILT: dict = {}  # pool file sha1 -> the searches its fit built (the last fit only)
+_BUILT: dict = {}  # pool file sha1 -> the searches its fit built, until restored
 
 
 def stable_ids(stem: str, keys) -> np.ndarray:
@@ -150,7 +150,8 @@ class Match(Method):
 
         core = {k: v for k, v in params.items() if k not in ("pool_file", "candidates")}
         scorer = MatchScorer.from_params(core, ctx.load_arrays(params["pool_file"]))
-        built = _BUILT.get(params["pool_file"]["sha1"])  # same pool file, same settings
+        # same pool file, same settings; taken, so the module keeps nothing after the job
+        built = _BUILT.pop(params["pool_file"]["sha1"], None)
         if built is not None and core["settings"] == scorer.settings:
             scorer._indexes = dict(built)
         return scorer
