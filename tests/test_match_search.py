@@ -141,3 +141,30 @@ def test_caught_rule_at_zero_is_balanced(clustered):
     np.testing.assert_array_equal(cols["match_keep"], balanced)
     with pytest.raises(ValueError):
         MatchScorer(noise_caught=1.0)
+
+
+def test_short_rows_get_the_same_leading_values(clustered):
+    """Rows marked ``short`` (outside the pool: no own pair to skip) get the
+    kk-1 largest values exactly as a full search gives them, the last -inf."""
+    image, text, _ = clustered
+    basis = projection(image[:2000], text[:2000], 32)
+    search = PoolSearch(text[:2000], basis, default_nlist(2000), 4, 0)
+    q = search.project(image[2000:3000])
+    short = np.random.default_rng(0).random(len(q)) < 0.9
+    full, part = search.top_values(q, 3), search.top_values(q, 3, short)
+    np.testing.assert_array_equal(part[~short], full[~short])
+    np.testing.assert_array_equal(part[short, :2], full[short, :2])
+    assert np.isneginf(part[short, 2]).all()
+
+
+def test_scores_with_and_without_the_short_path_agree(clustered):
+    """transform (short rows for non-members) and scores (full search for all)
+    give the same match_score, members of the pool included."""
+    image, text, _ = clustered
+    ids = np.arange(len(image), dtype=np.int64) * 3 + 1
+    sc = MatchScorer(pool_size=1500, fit_size=2000, exact_max=256, search_dim=32)
+    sc.fit(image, text, ids)
+    members = sc.pool.index_of(ids) >= 0
+    assert 0 < members.sum() < len(ids)
+    got = sc.transform(image, text, ids)["match_score"]
+    np.testing.assert_array_equal(got, sc.scores(image, text, ids).astype(got.dtype))

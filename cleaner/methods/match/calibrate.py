@@ -48,7 +48,6 @@ Everything fitted is a JSON-able dict; :func:`clean_prob` replays it.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.isotonic import IsotonicRegression
 
 CALIBRATIONS = ("null-iso", "null-em", "gmm")
 KEEP_RULES = ("balanced", "posterior", "null-alpha", "caught")
@@ -74,6 +73,8 @@ def fit_null_iso(real: np.ndarray, null: np.ndarray, quantile: float = 0.5) -> d
     x = np.r_[real, null]
     y = np.r_[np.ones(len(real)), np.zeros(len(null))]
     w = np.r_[np.full(len(real), 1.0 / len(real)), np.full(len(null), 1.0 / len(null))]
+    from sklearn.isotonic import IsotonicRegression  # ~1 s to import: only when fitting
+
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(x, y, sample_weight=w)
     knots_x, knots_g = iso.X_thresholds_, iso.y_thresholds_
     if len(knots_x) > _MAX_KNOTS:

@@ -65,6 +65,9 @@ class Match(Method):
     )
     fill_for_failed = {"match_keep": False}
     keep_expr = "match_keep"
+    # imported on the job's preload thread (1.3 s when check_options did it
+    # up front, on the critical path): calibration, pool cells, row ids
+    preload = ("sklearn.isotonic", "faiss", "pandas")
     # joins the job's shared fit pass (sample_columns) to collect its
     # candidate rows there, instead of reading the whole cache once more
     samples_rows = True

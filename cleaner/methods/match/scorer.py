@@ -215,15 +215,18 @@ class MatchScorer:
         nlist = 1 if len(pool) <= st["exact_max"] else search.default_nlist(len(pool))
         return search.PoolSearch(vectors, self._indexes["basis"], nlist, st["nprobe"], st["seed"])
 
-    def _pair(self, cos, img_stats, txt_stats, text_rows, image_rows) -> np.ndarray:
+    def _pair(self, cos, img_stats, txt_stats, text_rows, image_rows, at=None) -> np.ndarray:
+        """Scores from the side statistics of the pairs' rows (ids); ``at``:
+        their (text, image) pool positions when already looked up."""
         st = self.settings
+        at = at or (self.pool.index_of(text_rows), self.pool.index_of(image_rows))
         return stats.pair_scores(
             st["score"],
             cos,
             img_stats,
             txt_stats,
-            cand_text=self.pool.index_of(text_rows),
-            cand_image=self.pool.index_of(image_rows),
+            cand_text=at[0],
+            cand_image=at[1],
             k=st["k"],
             temperature=st["temperature"],
             batch_of=self.pool.batch_of,
@@ -247,20 +250,21 @@ class MatchScorer:
             )
         return out
 
-    def _real_and_null(self, image, text, row_ids) -> tuple[np.ndarray, np.ndarray]:
-        """Scores of the rows' own pairs and of seeded shuffled pairs (x_i, y_j).
+    def _real_and_null(self, image, text, row_ids, rows) -> tuple[np.ndarray, np.ndarray]:
+        """Scores of the ``rows``' own pairs and of seeded shuffled pairs (x_i, y_j).
 
         The side statistics are computed once and shared: rows are put in a
         seeded hash order, and round r pairs each image with the text r
         places further round that cycle (a derangement per round)."""
-        order = smallest_hash(row_ids, self.settings["seed"], SALT_NULL, len(row_ids))
-        x, y, ids = image[order], text[order], row_ids[order]
+        # the sample is read once, already in that order (one copy of the rows)
+        rows = rows[smallest_hash(row_ids[rows], self.settings["seed"], SALT_NULL, len(rows))]
+        x, y, ids = image[rows], text[rows], row_ids[rows]
         img_st, txt_st = self._side(x, "image"), self._side(y, "text")
-        real = self._pair(np.einsum("ij,ij->i", x, y, dtype=np.float64), img_st, txt_st, ids, ids)
+        real = self._pair(stats.pair_cosines(x, y), img_st, txt_st, ids, ids)
         null = []
-        for r in range(1, min(self.settings["null_rounds"], len(order) - 1) + 1):
-            j = np.roll(np.arange(len(order)), -r)
-            cos = np.einsum("ij,ij->i", x, y[j], dtype=np.float64)
+        for r in range(1, min(self.settings["null_rounds"], len(rows) - 1) + 1):
+            j = np.roll(np.arange(len(rows)), -r)
+            cos = stats.pair_cosines(x, y[j])
             txt_j = {key: v[j] for key, v in txt_st.items()}
             null.append(self._pair(cos, img_st, txt_j, ids[j], ids))
         return real, np.concatenate(null)
@@ -276,7 +280,7 @@ class MatchScorer:
         self.pool = Pool.draw(image, text, row_ids, st["pool_size"], st["seed"], st["batch_size"])
         self._indexes = {}
         sample = smallest_hash(row_ids, st["seed"], SALT_FIT, st["fit_size"])
-        real, null = self._real_and_null(image[sample], text[sample], row_ids[sample])
+        real, null = self._real_and_null(image, text, row_ids, sample)
         self.fit_scores = {"real": real, "null": null}
         self.calibration = calibrate.fit_calibration(
             st["calibration"], real, null, st["alpha"], st["noise_caught"], st["max_cost"]
@@ -315,7 +319,7 @@ class MatchScorer:
         chunks = range(0, max(1, len(image)), _CHUNK)  # the blocks scores() projects in
         project = {side: self._search(side).project for side in ("image", "text")}
         return {
-            "cos": np.einsum("ij,ij->i", image, text, dtype=np.float64),
+            "cos": stats.pair_cosines(image, text),
             "image": np.concatenate([project["image"](image[s : s + _CHUNK]) for s in chunks]),
             "text": np.concatenate([project["text"](text[s : s + _CHUNK]) for s in chunks]),
             "row_ids": row_ids,
@@ -330,19 +334,21 @@ class MatchScorer:
             return [self._columns(self.scores(*p["rows"])) for p in parts]
         kk = min(self.settings["k"] + 1, len(self.pool))
         ends = np.cumsum([len(p["row_ids"]) for p in parts])[:-1]
+        # a row outside the pool has no own pair among the pool's to skip
+        member = np.split(self.pool.index_of(np.concatenate([p["row_ids"] for p in parts])), ends)
+        short = np.concatenate(member) < 0 if kk > self.settings["k"] else None
         top = {
             side: np.split(
-                self._search(side).top_values(np.concatenate([p[side] for p in parts]), kk), ends
+                self._search(side).top_values(np.concatenate([p[side] for p in parts]), kk, short),
+                ends,
             )
             for side in ("image", "text")
         }
-        return [
-            self._columns(self._pair(
-                p["cos"], {"proj": p["image"], "top_val": top["image"][i]},
-                {"proj": p["text"], "top_val": top["text"][i]}, p["row_ids"], p["row_ids"],
-            ))  # fmt: skip
-            for i, p in enumerate(parts)
-        ]
+        out = []
+        for i, p in enumerate(parts):
+            img, txt = ({"proj": p[s], "top_val": top[s][i]} for s in ("image", "text"))
+            out.append(self._columns(self._pair(p["cos"], img, txt, None, None, (member[i],) * 2)))
+        return out
 
     def _columns(self, score: np.ndarray) -> dict[str, np.ndarray]:
         prob = calibrate.clean_prob(self.calibration, score)
@@ -389,4 +395,3 @@ class MatchScorer:
         scorer.calibration = dict(params["calibration"])
         scorer.fit_summary = dict(params.get("fit", {}))
         return scorer
-

@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from cleaner.methods.match.search import PoolSearch
+from cleaner.methods.threads import parallel_map
 
 SCORES = ("csls", "negclip", "cosine")
 # Two projected cosines this close are the same pool row (float32 products
@@ -36,6 +37,15 @@ _SAME = 5e-5
 # Rows per block when forming (rows x pool) similarity matrices: bounds the
 # temporary to block * pool floats (64 MiB at a pool of 2**16).
 _BLOCK_ELEMS = 1 << 24
+
+
+def pair_cosines(image: np.ndarray, text: np.ndarray) -> np.ndarray:
+    """Each pair's cosine in float64, halves on two threads (the cast-and-sum
+    holds one core for 0.6 s per 1M rows; each row's value is the same)."""
+    halves = np.array_split(np.arange(len(image)), 2 if len(image) >= 4096 else 1)
+    return np.concatenate(parallel_map(
+        lambda r: np.einsum("ij,ij->i", image[r], text[r], dtype=np.float64), halves, workers=2
+    ))  # fmt: skip
 
 
 def side_stats(

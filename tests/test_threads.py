@@ -1,0 +1,28 @@
+"""``single_threaded_blas`` limits BLAS inside the block and restores the
+limit after it, nested or not, with its library scan reused between blocks."""
+
+from __future__ import annotations
+
+import numpy as np
+from threadpoolctl import threadpool_info
+
+from cleaner.methods import threads
+
+
+def _blas_threads() -> set[int]:
+    return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+
+def test_limit_inside_and_restored_after():
+    np.ones((4, 4)) @ np.ones((4, 4))  # numpy's BLAS is loaded
+    before = _blas_threads()
+    with threads.single_threaded_blas():
+        scan = threads._SCANNED[0][1]
+        with threads.single_threaded_blas():
+            assert _blas_threads() == {1}
+        assert _blas_threads() == {1}
+    assert _blas_threads() == before
+    with threads.single_threaded_blas():
+        assert threads._SCANNED[0][1] is scan  # no new import: the scan is reused
+        assert _blas_threads() == {1}
+    assert _blas_threads() == before
