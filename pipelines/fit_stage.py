@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -229,8 +230,8 @@ def fit_methods(settings, options: dict, data: JobData, estimator_spec, state_di
         raise ValueError(f"{'/'.join(s.upper() for s in samplers)} need at least two scorable "
                          "samples to fit on")  # fmt: skip
     files = StateFiles(state_dir)
-    params = {}
-    for name in settings.methods:
+
+    def fit_one(name: str) -> dict:
         ctx = FitContext(
             settings=settings, options=options, seed=seed, ok_counts=data.ok_counts,
             sample=samples.get(name, {}), log=log, gather_rows=data.gather_rows,
@@ -240,11 +241,18 @@ def fit_methods(settings, options: dict, data: JobData, estimator_spec, state_di
             iter_views=data.views, save_arrays=files.save, load_arrays=files.load,
             n_classes=data.n_classes,
         )  # fmt: skip
-        params[name] = catalog.get(name).fit(scorers.get(name), ctx)
+        params = catalog.get(name).fit(scorers.get(name), ctx)
         if name in samplers:
-            params[name]["fit_rows"] = n_fit
-            params[name]["fit_rows_total"] = int(sum(data.ok_counts))
-    return params
+            params["fit_rows"] = n_fit
+            params["fit_rows_total"] = int(sum(data.ok_counts))
+        return params
+
+    aside = [n for n in settings.methods if catalog.get(n).fits_aside]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nclean-fit") as pool:
+        later = {name: pool.submit(fit_one, name) for name in aside}
+        params = {name: fit_one(name) for name in settings.methods if name not in later}
+        params.update({name: f.result() for name, f in later.items()})
+    return {name: params[name] for name in settings.methods}
 
 
 def restore_scorers(params: dict, state_dir: Path | None) -> dict:

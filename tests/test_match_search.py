@@ -168,3 +168,19 @@ def test_scores_with_and_without_the_short_path_agree(clustered):
     assert 0 < members.sum() < len(ids)
     got = sc.transform(image, text, ids)["match_score"]
     np.testing.assert_array_equal(got, sc.scores(image, text, ids).astype(got.dtype))
+
+
+def test_duplicate_pool_rows_rank_the_same_in_any_batch():
+    """Many tied candidates (web data repeats captions): each query's values
+    are the same searched with the others or alone, and the true top values."""
+    rng = np.random.default_rng(5)
+    base = _unit(rng.normal(size=(300, 48)))
+    pool = base[rng.integers(0, 300, 3000)]  # ~10 exact copies of each row
+    search = PoolSearch(pool, projection(pool, pool, 24), default_nlist(3000), 4, 0)
+    q = search.project(_unit(pool[:400] + 0.01 * rng.normal(size=(400, 48))))
+    together = search.top_values(q, 3)
+    alone = np.concatenate([search.top_values(q[i : i + 1], 3) for i in range(0, 400, 7)])
+    np.testing.assert_array_equal(together[::7], alone)
+    assert (together[:, 0] - together[:, 1] < 1e-5).mean() > 0.5  # ties: the exact path ran
+    exact = -np.sort(-np.einsum("qd,pd->qp", q.astype(np.float64), search.proj), axis=1)
+    assert (together <= exact[:, :3] + 1e-5).all()  # never above the true neighbours

@@ -105,6 +105,9 @@ class Method:
     # modules the fit and transform import (heavy ones: sklearn, faiss); the
     # score job imports them on a thread while its first stage reads the data
     preload: tuple[str, ...] = ()
+    # the fit runs on a thread beside the other methods' fits (a fit that is
+    # mostly matrix products on its own threads: the others leave a core idle)
+    fits_aside: bool = False
 
     # -- settings ---------------------------------------------------------
     def check_options(self, options: dict) -> None:

@@ -68,6 +68,7 @@ class Match(Method):
     # imported on the job's preload thread (1.3 s when check_options did it
     # up front, on the critical path): calibration, pool cells, row ids
     preload = ("sklearn.isotonic", "faiss", "pandas")
+    fits_aside = True  # pool searches and scoring on its own threads, ~2 s at 1M rows
     # joins the job's shared fit pass (sample_columns) to collect its
     # candidate rows there, instead of reading the whole cache once more
     samples_rows = True

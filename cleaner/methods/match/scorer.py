@@ -260,13 +260,14 @@ class MatchScorer:
         rows = rows[smallest_hash(row_ids[rows], self.settings["seed"], SALT_NULL, len(rows))]
         x, y, ids = image[rows], text[rows], row_ids[rows]
         img_st, txt_st = self._side(x, "image"), self._side(y, "text")
-        real = self._pair(stats.pair_cosines(x, y), img_st, txt_st, ids, ids)
+        at = self.pool.index_of(ids)
+        real = self._pair(stats.pair_cosines(x, y), img_st, txt_st, None, None, (at, at))
         null = []
         for r in range(1, min(self.settings["null_rounds"], len(rows) - 1) + 1):
             j = np.roll(np.arange(len(rows)), -r)
-            cos = stats.pair_cosines(x, y[j])
+            cos = stats.pair_cosines(x, y, shift=r)  # = x_i . y_j, y[j] not copied
             txt_j = {key: v[j] for key, v in txt_st.items()}
-            null.append(self._pair(cos, img_st, txt_j, ids[j], ids))
+            null.append(self._pair(cos, img_st, txt_j, None, None, (at[j], at)))
         return real, np.concatenate(null)
 
     # -------------------------------------------------------- fit/transform

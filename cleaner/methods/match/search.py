@@ -156,10 +156,12 @@ class PoolSearch:
         def blocks(items) -> None:
             for rows, cand, at, take in items:
                 qb = q[rows]
-                pos, tied = largest_at(qb @ cand.T, min(take, len(cand)))
-                if len(tied):  # ranked within rounding: rank those rows exactly
-                    pos[tied] = _exact_top(qb[tied], cand, pos.shape[1])
-                out[rows, : pos.shape[1]] = self._exact(qb, pos if at is None else at[pos])
+                sims = qb @ cand.T
+                pos, tied = largest_at(sims, min(take, len(cand)))
+                vals = self._exact(qb, pos if at is None else at[pos])
+                if len(tied):  # ranked within rounding: those rows' close ones exactly
+                    vals[tied] = _window_top(qb[tied], sims[tied], pos[tied], cand, vals[tied, -1])
+                out[rows, : pos.shape[1]] = vals
 
         # a few runs of blocks per thread, not a task per block: a shard's
         # cells hold ~100 queries each, so per-task overhead would dominate
@@ -209,8 +211,20 @@ def largest_at(sims: np.ndarray, take: int) -> tuple[np.ndarray, np.ndarray]:
     return pos, tied
 
 
-def _exact_top(q: np.ndarray, cand: np.ndarray, take: int) -> np.ndarray:
-    """Positions of the ``take`` largest row-wise products of each query with
-    every candidate (ties: lower position first)."""
-    exact = np.multiply(q[:, None, :], cand[None], dtype=np.float32).sum(axis=-1)
-    return np.argsort(-exact, axis=1, kind="stable")[:, :take]
+def _window_top(q, sims, pos, cand, floor) -> np.ndarray:
+    """The ``pos.shape[1]`` largest row-wise products of each query among
+    its taken candidates ``pos`` and those whose (matrix-product) value in
+    ``sims`` is within 2 _TIE of ``floor``, the least exact value taken: a
+    candidate further down is below every taken one, rounding included.
+    Products as :meth:`PoolSearch._exact` forms them (the same values)."""
+    take = pos.shape[1]
+    inside = sims >= (floor - 2 * _TIE)[:, None]
+    inside[np.arange(len(q))[:, None], pos] = True
+    counts = inside.sum(axis=1)
+    row, col = np.nonzero(inside)
+    slot = np.arange(len(row)) - np.repeat(np.cumsum(counts) - counts, counts)
+    grid = np.full((len(q), int(counts.max())), -1, dtype=np.int64)
+    grid[row, slot] = col
+    vals = np.multiply(cand[np.maximum(grid, 0)], q[:, None, :], dtype=np.float32).sum(axis=-1)
+    vals[grid < 0] = -np.inf
+    return -np.sort(-vals, axis=1)[:, :take]
