@@ -33,6 +33,7 @@ rebuilds the same search from the stored pool vectors.
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
@@ -163,11 +164,17 @@ class PoolSearch:
                     vals[tied] = _window_top(qb[tied], sims[tied], pos[tied], cand, vals[tied, -1])
                 out[rows, : pos.shape[1]] = vals
 
-        # a few runs of blocks per thread, not a task per block: a shard's
-        # cells hold ~100 queries each, so per-task overhead would dominate
+        # each thread takes the next block when it is free (no task per block:
+        # per-task overhead; no fixed split: blocks differ and threads stall)
         workers = min(n_workers(), len(work))
+        queue, lock = iter(work), threading.Lock()
+
+        def pull(_) -> None:
+            while (item := _next(queue, lock)) is not None:
+                blocks([item])
+
         with single_threaded_blas():
-            parallel_map(blocks, _runs(work, 2 * workers), workers=workers)
+            parallel_map(pull, range(workers), workers=workers)
         return out
 
 
@@ -179,14 +186,9 @@ def _by_need(rows: np.ndarray, short: np.ndarray | None, kk: int) -> list[tuple]
     return [(r, t) for r, t in ((rows[~less], kk), (rows[less], kk - 1)) if len(r)]
 
 
-def _runs(work: list, n: int) -> list[list]:
-    """``work`` cut into at most ``n`` consecutive runs of similar cost."""
-    cost = np.cumsum([len(item[0]) * len(item[1]) for item in work], dtype=np.float64)
-    if not len(cost):
-        return []
-    cut = np.searchsorted(cost, cost[-1] * np.arange(1, n) / n, side="right")
-    bounds = np.unique(np.r_[0, cut, len(work)])
-    return [work[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+def _next(queue, lock: threading.Lock):
+    with lock:
+        return next(queue, None)
 
 
 def largest_at(sims: np.ndarray, take: int) -> tuple[np.ndarray, np.ndarray]:
