@@ -70,3 +70,24 @@ class Pairs:
             row_ids=None if self.row_ids is None else self.row_ids[sel],
             labels=None if self.labels is None else self.labels[sel],
         )
+
+
+def pair_cosines(image: np.ndarray, text: np.ndarray, shift: int = 0) -> np.ndarray:
+    """cos(image[i], text[(i + shift) % n]) in float64 (float32 rows, products
+    summed in float64), by slices -- no copy of the rows -- on two threads
+    (the cast-and-sum holds one core for 0.6 s per 1M rows). A row's value
+    does not depend on how the rows are cut."""
+    from cleaner.methods.threads import parallel_map
+
+    n = len(image)
+    shift %= max(n, 1)
+    cuts = [(a, b) for a, b in ((0, n - shift), (n - shift, n)) if b > a]
+    if n >= 4096:  # each contiguous run in two
+        cuts = [c for a, b in cuts for c in ((a, (a + b) // 2), ((a + b) // 2, b))]
+
+    def run(cut: tuple[int, int]) -> np.ndarray:
+        a, b = cut
+        t0 = (a + shift) % n
+        return np.einsum("ij,ij->i", image[a:b], text[t0 : t0 + b - a], dtype=np.float64)
+
+    return np.concatenate(parallel_map(run, cuts, workers=2)) if n else np.zeros(0)

@@ -62,6 +62,8 @@ import weakref
 
 import numpy as np
 
+from cleaner.methods.base import pair_cosines
+
 MODES = ("paper", "auto")
 AUTO_ROWS = 1 << 15  # rows sampled for the calibration
 NULL_ROUNDS = 4  # shuffled pairs per sampled row
@@ -125,18 +127,9 @@ def sample_cosines(ctx, rows: int = AUTO_ROWS, rounds: int = NULL_ROUNDS):
     image = ctx.gather_rows(picked[order], "image")
     text = ctx.gather_rows(picked[order], "text")
     real = np.empty(len(picked), dtype=np.float64)
-    real[order] = np.einsum("ij,ij->i", image, text, dtype=np.float64)
-    null = [_shifted_cosines(image, text, r) for r in range(1, min(rounds, len(picked) - 1) + 1)]
+    real[order] = pair_cosines(image, text)
+    null = [pair_cosines(image, text, r) for r in range(1, min(rounds, len(picked) - 1) + 1)]
     return real, np.concatenate(null)
-
-
-def _shifted_cosines(image: np.ndarray, text: np.ndarray, r: int) -> np.ndarray:
-    """cos(image[t], text[(t + r) mod n]) for every t, without copying rows."""
-    n = len(image)
-    out = np.empty(n, dtype=np.float64)
-    out[: n - r] = np.einsum("ij,ij->i", image[: n - r], text[r:], dtype=np.float64)
-    out[n - r :] = np.einsum("ij,ij->i", image[n - r :], text[:r], dtype=np.float64)
-    return out
 
 
 def _crossing(knots: list, balance: list, level: float) -> float | None:

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cleaner.methods.base import pair_cosines
 from cleaner.methods.match import calibrate, search, stats
 from cleaner.methods.match.pool import (
     SALT_FIT,
@@ -244,7 +245,7 @@ class MatchScorer:
         out = np.empty(len(image), dtype=np.float64)
         for s in range(0, len(image), _CHUNK):
             x, y, ids = image[s : s + _CHUNK], text[s : s + _CHUNK], row_ids[s : s + _CHUNK]
-            cos = np.einsum("ij,ij->i", x, y, dtype=np.float64)
+            cos = pair_cosines(x, y)
             out[s : s + _CHUNK] = self._pair(
                 cos, self._side(x, "image"), self._side(y, "text"), ids, ids
             )
@@ -261,11 +262,11 @@ class MatchScorer:
         x, y, ids = image[rows], text[rows], row_ids[rows]
         img_st, txt_st = self._side(x, "image"), self._side(y, "text")
         at = self.pool.index_of(ids)
-        real = self._pair(stats.pair_cosines(x, y), img_st, txt_st, None, None, (at, at))
+        real = self._pair(pair_cosines(x, y), img_st, txt_st, None, None, (at, at))
         null = []
         for r in range(1, min(self.settings["null_rounds"], len(rows) - 1) + 1):
             j = np.roll(np.arange(len(rows)), -r)
-            cos = stats.pair_cosines(x, y, shift=r)  # = x_i . y_j, y[j] not copied
+            cos = pair_cosines(x, y, shift=r)  # = x_i . y_j, y[j] not copied
             txt_j = {key: v[j] for key, v in txt_st.items()}
             null.append(self._pair(cos, img_st, txt_j, None, None, (at[j], at)))
         return real, np.concatenate(null)
@@ -320,7 +321,7 @@ class MatchScorer:
         chunks = range(0, max(1, len(image)), _CHUNK)  # the blocks scores() projects in
         project = {side: self._search(side).project for side in ("image", "text")}
         return {
-            "cos": stats.pair_cosines(image, text),
+            "cos": pair_cosines(image, text),
             "image": np.concatenate([project["image"](image[s : s + _CHUNK]) for s in chunks]),
             "text": np.concatenate([project["text"](text[s : s + _CHUNK]) for s in chunks]),
             "row_ids": row_ids,

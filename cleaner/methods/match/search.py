@@ -107,12 +107,8 @@ class PoolSearch:
         same cell however the queries are batched)."""
         cell = np.empty(len(q), dtype=np.int64)
         for s in range(0, len(q), 65_536):
-            sims = q[s : s + 65_536] @ self.centroids.T
-            rows = np.arange(len(sims))
-            cell[s : s + 65_536] = at = sims.argmax(axis=1)
-            best = sims[rows, at]
-            sims[rows, at] = -np.inf
-            close = np.flatnonzero(best - sims.max(axis=1) < _TIE)
+            pos, close = largest_at(q[s : s + 65_536] @ self.centroids.T, 1)
+            cell[s : s + 65_536] = pos[:, 0]
             if len(close):
                 exact = np.multiply(q[s + close, None, :], self.centroids[None], dtype=np.float32)
                 cell[s + close] = exact.sum(axis=-1).argmax(axis=1)
@@ -156,17 +152,17 @@ class PoolSearch:
             for part, take in _by_need(rows, short, kk):
                 work += [(part[s : s + step], cand, at, take) for s in range(0, len(part), step)]
 
-        def blocks(items) -> None:
-            for rows, cand, at, take in items:
-                qb = q[rows]
-                sims = qb @ cand
-                pos, tied = largest_at(sims, min(take, cand.shape[1]))
-                vals = self._exact(qb, pos if at is None else at[pos])
-                if len(tied):  # ranked within rounding: those rows' close ones exactly
-                    vals[tied] = _window_top(
-                        self.proj, qb[tied], sims[tied], pos[tied], at, vals[tied, -1]
-                    )
-                out[rows, : pos.shape[1]] = vals
+        def block(item) -> None:
+            rows, cand, at, take = item
+            qb = q[rows]
+            sims = qb @ cand
+            pos, tied = largest_at(sims, min(take, cand.shape[1]))
+            vals = self._exact(qb, pos if at is None else at[pos])
+            if len(tied):  # ranked within rounding: those rows' close ones exactly
+                vals[tied] = _window_top(
+                    self.proj, qb[tied], sims[tied], pos[tied], at, vals[tied, -1]
+                )
+            out[rows, : pos.shape[1]] = vals
 
         # each thread takes the next block when it is free (no task per block:
         # per-task overhead; no fixed split: blocks differ and threads stall)
@@ -175,7 +171,7 @@ class PoolSearch:
 
         def pull(_) -> None:
             while (item := _next(queue, lock)) is not None:
-                blocks([item])
+                block(item)
 
         with single_threaded_blas():
             parallel_map(pull, range(workers), workers=workers)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import numpy as np
 
 from cleaner.methods.match.search import PoolSearch
-from cleaner.methods.threads import parallel_map
 
 SCORES = ("csls", "negclip", "cosine")
 # Two projected cosines this close are the same pool row (float32 products
@@ -37,24 +36,6 @@ _SAME = 5e-5
 # Rows per block when forming (rows x pool) similarity matrices: bounds the
 # temporary to block * pool floats (64 MiB at a pool of 2**16).
 _BLOCK_ELEMS = 1 << 24
-
-
-def pair_cosines(image: np.ndarray, text: np.ndarray, shift: int = 0) -> np.ndarray:
-    """cos(image[i], text[(i + shift) % n]) in float64, halves on two threads
-    (the cast-and-sum holds one core for 0.6 s per 1M rows; each row's value
-    is the same however the rows are cut). Slices only: no copy of the rows."""
-    n = len(image)
-    shift %= max(n, 1)
-    cuts = [(a, b) for a, b in ((0, n - shift), (n - shift, n)) if b > a]
-    if n >= 4096:  # each contiguous run in two
-        cuts = [c for a, b in cuts for c in ((a, (a + b) // 2), ((a + b) // 2, b))]
-
-    def run(cut: tuple[int, int]) -> np.ndarray:
-        a, b = cut
-        t0 = (a + shift) % n
-        return np.einsum("ij,ij->i", image[a:b], text[t0 : t0 + b - a], dtype=np.float64)
-
-    return np.concatenate(parallel_map(run, cuts, workers=2)) if n else np.zeros(0)
 
 
 def side_stats(
