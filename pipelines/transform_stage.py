@@ -16,6 +16,13 @@ from pipelines.heap import trim
 from pipelines.search_ahead import GROUP_ROWS, answer_ahead, groups, plan_groups
 from pipelines.shard_view import ShardView
 
+# rows scored between two heap trims (pipelines.heap): each trim hands the
+# freed temporaries back to the system, and the next rows fault them in
+# again, zeroed. Measured at 1M rows: trimming after every group of shards
+# (50 trims) cost 1.6 s of system time in the transform without match, 3.6 s
+# with it, and kept the peak RSS only 0.08 GiB lower than no trim at all.
+TRIM_ROWS = 1 << 18
+
 
 def transform_shard(
     view: ShardView, stem: str, scorers: dict, pools: dict, methods: list[str], metadata: dict
@@ -61,7 +68,7 @@ def transform_local(todo, data, scorers, pools, methods, base_meta, layout, on_d
     batched = [m for m in methods if catalog.get(m).batch_rows]
     alone = [m for m in methods if m not in batched]
     batch_rows = max([catalog.get(m).batch_rows for m in batched], default=0)
-    waiting, rows = [], 0
+    waiting, rows, untrimmed = [], 0, 0
     for group in groups(views, plan_groups(sizes, GROUP_ROWS if pools else 0)):
         answered = answer_ahead(group, scorers, pools, methods) if pools else pools
         for stem, view in group:
@@ -69,11 +76,14 @@ def transform_local(todo, data, scorers, pools, methods, base_meta, layout, on_d
             prepared = {m: catalog.get(m).prepare(scorers[m], view.pairs, stem) for m in batched}
             waiting.append((stem, view.meta, view.ok, columns, prepared))
             rows += len(view.pairs)
+            untrimmed += len(view.pairs)
         del group, answered  # the group's views: memory is one group's
         if rows >= batch_rows:
             _finish(waiting, scorers, batched, methods, base_meta, layout, on_done)
             waiting, rows = [], 0
-        trim()
+        if untrimmed >= TRIM_ROWS:
+            trim()
+            untrimmed = 0
     _finish(waiting, scorers, batched, methods, base_meta, layout, on_done)
 
 

@@ -150,10 +150,14 @@ def test_bad_settings_and_unfitted():
         MatchScorer().fit(x, y, np.zeros(len(x), dtype=np.int64))  # duplicate ids
 
 
-def test_shards_scored_together_or_alone_agree(world):
+@pytest.mark.parametrize("chunk", [None, 512])
+def test_shards_scored_together_or_alone_agree(world, chunk, monkeypatch):
     """The local runner transforms several shards' prepared rows together
     (larger matrix products); a Ray task transforms one. Each row's columns
-    must not depend on the rows it was batched with."""
+    must not depend on the rows it was batched with. ``chunk``: shards
+    larger than one projection block (the rows are projected in blocks)."""
+    if chunk is not None:
+        monkeypatch.setattr("cleaner.methods.match.scorer._CHUNK", chunk)
     image, text, _, ids = world
     cuts = [slice(0, 700), slice(700, 2500), slice(2500, N)]
     for extra in ({}, {"exact_max": 256}):  # the pool compared in full, and in cells
@@ -162,6 +166,8 @@ def test_shards_scored_together_or_alone_agree(world):
         together = scorer.transform_prepared(
             [scorer.prepare(image[c], text[c], ids[c]) for c in cuts]
         )
-        for a, b in zip(alone, together, strict=True):
+        for a, b, c in zip(alone, together, cuts, strict=True):
             for col in COLUMNS:
                 np.testing.assert_array_equal(a[col], b[col])
+            score = scorer.scores(image[c], text[c], ids[c]).astype(np.float32)
+            np.testing.assert_array_equal(a["match_score"], score)

@@ -184,3 +184,20 @@ def test_duplicate_pool_rows_rank_the_same_in_any_batch():
     assert (together[:, 0] - together[:, 1] < 1e-5).mean() > 0.5  # ties: the exact path ran
     exact = -np.sort(-np.einsum("qd,pd->qp", q.astype(np.float64), search.proj), axis=1)
     assert (together <= exact[:, :3] + 1e-5).all()  # never above the true neighbours
+
+
+def test_parts_projected_as_their_blocks_alone(clustered):
+    """project_parts (the batch's rows of several shards, on threads) gives
+    each row what project() gives it in its shard's own block, and the same
+    cells as a search of those rows alone: a product's rounding of a row
+    can depend on the rows beside it."""
+    image, _, _ = clustered
+    pool = image[:3000]
+    search = PoolSearch(pool, projection(pool, pool, 24), default_nlist(len(pool)), 4, 0)
+    parts = [image[3000:3001], image[3001:3700], image[3700:3700], image[3700:6000]]
+    proj, cells = search.project_parts(parts, block=256)
+    alone = [search.project(p[s : s + 256]) for p in parts for s in range(0, len(p), 256)]
+    np.testing.assert_array_equal(proj, np.concatenate(alone))
+    np.testing.assert_array_equal(cells, search._cells_parallel(proj))
+    top = search.top_values(proj, 2, None, cells)
+    np.testing.assert_array_equal(top, search.top_values(proj, 2))

@@ -307,25 +307,17 @@ class MatchScorer:
         return self.transform_prepared([self.prepare(image, text, row_ids)])[0]
 
     def prepare(self, image, text, row_ids=None) -> dict:
-        """What :meth:`transform_prepared` needs of these rows: for CSLS the
-        pairs' cosines and both sides' projections (1 KiB a row at 128
-        dims), for the other scores the rows themselves."""
+        """What :meth:`transform_prepared` needs of these rows: the rows
+        themselves, checked (the work is done there for the whole batch, on
+        all cores: this is called between other methods' work, whose
+        read-ahead thread holds the second core)."""
         self._check_fitted()
         image, text, row_ids = _as_pairs(image, text, row_ids)
-        if self.settings["score"] != "csls":
-            return {"rows": (image, text, row_ids)}
         if image.shape[1] != self.pool.image.shape[1]:
             raise ValueError(
                 f"embeddings have dimension {image.shape[1]}, the pool {self.pool.image.shape[1]}"
             )
-        chunks = range(0, max(1, len(image)), _CHUNK)  # the blocks scores() projects in
-        project = {side: self._search(side).project for side in ("image", "text")}
-        return {
-            "cos": pair_cosines(image, text),
-            "image": np.concatenate([project["image"](image[s : s + _CHUNK]) for s in chunks]),
-            "text": np.concatenate([project["text"](text[s : s + _CHUNK]) for s in chunks]),
-            "row_ids": row_ids,
-        }
+        return {"rows": (image, text, row_ids)}
 
     def transform_prepared(self, parts: list[dict]) -> list[dict[str, np.ndarray]]:
         """:meth:`transform` of several :meth:`prepare` results, the pool
@@ -334,23 +326,22 @@ class MatchScorer:
         together), and each row's values do not depend on its batch."""
         if self.settings["score"] != "csls":
             return [self._columns(self.scores(*p["rows"])) for p in parts]
+        rows = [p["rows"] for p in parts]
         kk = min(self.settings["k"] + 1, len(self.pool))
-        ends = np.cumsum([len(p["row_ids"]) for p in parts])[:-1]
+        member = self.pool.index_of(np.concatenate([ids for _, _, ids in rows]))
         # a row outside the pool has no own pair among the pool's to skip
-        member = np.split(self.pool.index_of(np.concatenate([p["row_ids"] for p in parts])), ends)
-        short = np.concatenate(member) < 0 if kk > self.settings["k"] else None
-        top = {
-            side: np.split(
-                self._search(side).top_values(np.concatenate([p[side] for p in parts]), kk, short),
-                ends,
-            )
-            for side in ("image", "text")
-        }
-        out = []
-        for i, p in enumerate(parts):
-            img, txt = ({"proj": p[s], "top_val": top[s][i]} for s in ("image", "text"))
-            out.append(self._columns(self._pair(p["cos"], img, txt, None, None, (member[i],) * 2)))
-        return out
+        short = member < 0 if kk > self.settings["k"] else None
+        side = {}
+        for i, name in enumerate(("image", "text")):
+            search = self._search(name)
+            proj, cells = search.project_parts([r[i] for r in rows], _CHUNK)
+            side[name] = {"proj": proj, "top_val": search.top_values(proj, kk, short, cells)}
+        cos = np.concatenate([pair_cosines(x, y) for x, y, _ in rows])
+        cols = self._columns(
+            self._pair(cos, side["image"], side["text"], None, None, (member,) * 2)
+        )
+        ends = np.cumsum([len(ids) for _, _, ids in rows])
+        return [{c: v[e - len(r[2]) : e] for c, v in cols.items()} for e, r in zip(ends, rows)]
 
     def _columns(self, score: np.ndarray) -> dict[str, np.ndarray]:
         prob = calibrate.clean_prob(self.calibration, score)
