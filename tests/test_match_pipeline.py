@@ -67,3 +67,40 @@ def test_match_does_not_depend_on_row_order(data, tmp_path):
     b = b.loc[a.index]
     for col in ("match_score", "match_clean_prob", "match_keep"):
         assert np.array_equal(a[col].to_numpy(), b[col].to_numpy()), col
+
+
+def test_batches_finished_beside_the_main_thread(data, tmp_path, monkeypatch):
+    """Full batches are finished on a thread while the next shards are
+    scored, the last one in line: the sidecar is the one a single batch
+    gives, and an error in a batch on that thread stops the job with it."""
+    import threading
+
+    from cleaner.methods.match.method import Match
+    from cleaner.methods.match.scorer import MatchScorer
+
+    image, text, _ = data
+    write_embedding_dir(tmp_path / "emb", image, text, shard_size=400)
+    one = _score(tmp_path / "emb", tmp_path / "one.parquet")
+    monkeypatch.setattr(Match, "batch_rows", 800)  # 2 shards a batch: 3 finished aside
+    seen = []
+    real = MatchScorer.transform_prepared
+
+    def spy(self, parts):
+        seen.append(threading.current_thread().name)
+        return real(self, parts)
+
+    monkeypatch.setattr(MatchScorer, "transform_prepared", spy)
+    many = _score(tmp_path / "emb", tmp_path / "many.parquet")
+    assert sum(name.startswith("nclean-finish") for name in seen) == 3, seen
+    for col in ("key", "match_score", "match_clean_prob", "match_keep", "osa_weight"):
+        assert many.column(col).equals(one.column(col)), col
+
+    def fail(self, parts):
+        if threading.current_thread().name.startswith("nclean-finish"):
+            raise RuntimeError("batch failed")
+        return real(self, parts)
+
+    monkeypatch.setattr(MatchScorer, "transform_prepared", fail)
+    with pytest.raises(RuntimeError, match="batch failed"):
+        _score(tmp_path / "emb", tmp_path / "failed.parquet")
+    assert not any(t.name.startswith("nclean-finish") for t in threading.enumerate())

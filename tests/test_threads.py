@@ -26,3 +26,21 @@ def test_limit_inside_and_restored_after():
         assert threads._SCANNED[0][1] is scan  # no new import: the scan is reused
         assert _blas_threads() == {1}
     assert _blas_threads() == before
+
+
+def test_capped_workers_on_this_thread_only():
+    import threading
+
+    cores = threads.n_workers()
+    seen = {}
+    with threads.capped_workers(1):
+        assert threads.n_workers() == 1
+        assert (
+            threads.parallel_map(lambda _: threading.get_ident(), range(4), workers=2)
+            == [threading.get_ident()] * 4
+        )  # capped: run in line
+        other = threading.Thread(target=lambda: seen.setdefault("n", threads.n_workers()))
+        other.start()
+        other.join()
+    assert seen["n"] == cores  # another thread is not capped
+    assert threads.n_workers() == cores

@@ -15,13 +15,34 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
+_LOCAL = threading.local()  # .cap: this thread's worker cap (capped_workers)
+
 
 def n_workers() -> int:
-    """Cores this process may use (``NCLEAN_THREADS`` overrides)."""
+    """Cores this process may use (``NCLEAN_THREADS`` overrides), at most
+    the calling thread's cap (:func:`capped_workers`)."""
+    cap = getattr(_LOCAL, "cap", None)
+    return _cores() if cap is None else max(1, min(cap, _cores()))
+
+
+@contextmanager
+def capped_workers(cap: int):
+    """:func:`n_workers` at most ``cap`` on this thread inside the block:
+    work running beside the main thread's takes a core, not all of them."""
+    before = getattr(_LOCAL, "cap", None)
+    _LOCAL.cap = cap
+    try:
+        yield
+    finally:
+        _LOCAL.cap = before
+
+
+def _cores() -> int:
     env = os.environ.get("NCLEAN_THREADS")
     if env and env.isdigit() and int(env) > 0:
         return int(env)
@@ -55,7 +76,7 @@ def single_threaded_blas():
 def parallel_map(fn: Callable, items: Iterable, workers: int | None = None) -> list:
     """``[fn(x) for x in items]`` on ``workers`` threads (in order)."""
     items = list(items)
-    workers = min(n_workers() if workers is None else workers, len(items))
+    workers = min(n_workers() if workers is None else min(workers, n_workers()), len(items))
     if workers <= 1:
         return [fn(x) for x in items]
     with ThreadPoolExecutor(max_workers=workers) as pool:
