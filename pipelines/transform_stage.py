@@ -101,7 +101,9 @@ class _Finisher:
     of the time (1.5 of 2 cores used at 1M rows), and match's batch work
     fits there. One batch at a time (memory: two batches' rows), capped at
     one worker thread. Measured at 1M rows with match: transform 41.4-44.1
-    s finished in line, 39.1-39.8 s beside (three runs each)."""
+    s finished in line, 39.1-39.8 s beside (three runs each). Without
+    batched methods each group of shards is a batch: its parts are written
+    beside."""
 
     def __init__(self, *finish_args):
         from concurrent.futures import ThreadPoolExecutor

@@ -308,9 +308,9 @@ class MatchScorer:
 
     def prepare(self, image, text, row_ids=None) -> dict:
         """What :meth:`transform_prepared` needs of these rows: the rows
-        themselves, checked (the work is done there for the whole batch, on
-        all cores: this is called between other methods' work, whose
-        read-ahead thread holds the second core)."""
+        themselves, checked. All the work is done there, for the whole batch
+        at once (the local runner calls it on a thread of its own, beside
+        the other methods' transforms of the next shards)."""
         self._check_fitted()
         image, text, row_ids = _as_pairs(image, text, row_ids)
         if image.shape[1] != self.pool.image.shape[1]:
