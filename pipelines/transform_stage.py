@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from cleaner.io.sidecar import atomic_write_table, build_part, merge_parts, part_is_valid
 from cleaner.methods import catalog
-from cleaner.methods.threads import capped_workers
+from cleaner.methods.threads import blas_snapshot, capped_workers
 from pipelines.heap import trim
 from pipelines.search_ahead import GROUP_ROWS, answer_ahead, groups, plan_groups
 from pipelines.shard_view import ShardView
@@ -111,6 +111,7 @@ class _Finisher:
         self.args = finish_args
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="nclean-finish")
         self.pending = None
+        self.restore_blas = blas_snapshot()  # both threads limit BLAS, interleaved
 
     def _run(self, waiting: list) -> None:
         with capped_workers(1):
@@ -130,6 +131,7 @@ class _Finisher:
         """Let the batch in flight end (on an error elsewhere: without
         raising its own over it), then stop the thread."""
         self.pool.shutdown(wait=True)
+        self.restore_blas()
 
 
 def _finish(waiting: list, scorers, batched, methods, base_meta, layout, on_done) -> None:

@@ -44,3 +44,29 @@ def test_capped_workers_on_this_thread_only():
         other.join()
     assert seen["n"] == cores  # another thread is not capped
     assert threads.n_workers() == cores
+
+
+def test_snapshot_restores_what_interleaved_blocks_left():
+    """Blocks on two threads, each restoring what it found: the one left
+    last restores the other's limit (1). The snapshot taken before both
+    sets the counts found then again."""
+    import threading
+
+    np.ones((4, 4)) @ np.ones((4, 4))
+    before = _blas_threads()
+    restore = threads.blas_snapshot()
+    inside, leave = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with threads.single_threaded_blas():  # enters while the main block holds 1
+            inside.set()
+            leave.wait(10)
+
+    with threads.single_threaded_blas():
+        worker = threading.Thread(target=other)
+        worker.start()
+        assert inside.wait(10)
+    leave.set()
+    worker.join(10)
+    restore()
+    assert _blas_threads() == before

@@ -73,6 +73,27 @@ def single_threaded_blas():
         yield
 
 
+def blas_snapshot() -> Callable[[], None]:
+    """A function that sets the BLAS thread counts found now again (call it
+    from the thread that took the snapshot). For work in which another
+    thread enters :func:`single_threaded_blas` while this one does: each
+    block restores what it found, so interleaved blocks can leave a count
+    at 1 (measured: after a 1M transform with match finished beside the
+    main thread, two of the three BLAS libraries were left at one thread)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return lambda: None
+    libs = ThreadpoolController().select(user_api="blas").lib_controllers
+    found = [(lib, lib.num_threads) for lib in libs]
+
+    def restore() -> None:
+        for lib, n in found:
+            lib.set_num_threads(n)
+
+    return restore
+
+
 def parallel_map(fn: Callable, items: Iterable, workers: int | None = None) -> list:
     """``[fn(x) for x in items]`` on ``workers`` threads (in order)."""
     items = list(items)

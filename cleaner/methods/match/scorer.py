@@ -216,11 +216,10 @@ class MatchScorer:
         nlist = 1 if len(pool) <= st["exact_max"] else search.default_nlist(len(pool))
         return search.PoolSearch(vectors, self._indexes["basis"], nlist, st["nprobe"], st["seed"])
 
-    def _pair(self, cos, img_stats, txt_stats, text_rows, image_rows, at=None) -> np.ndarray:
-        """Scores from the side statistics of the pairs' rows (ids); ``at``:
-        their (text, image) pool positions when already looked up."""
+    def _pair(self, cos, img_stats, txt_stats, at) -> np.ndarray:
+        """Scores from the side statistics of the pairs' rows; ``at``: the
+        (text, image) rows' pool positions (-1 outside the pool)."""
         st = self.settings
-        at = at or (self.pool.index_of(text_rows), self.pool.index_of(image_rows))
         return stats.pair_scores(
             st["score"],
             cos,
@@ -245,9 +244,9 @@ class MatchScorer:
         out = np.empty(len(image), dtype=np.float64)
         for s in range(0, len(image), _CHUNK):
             x, y, ids = image[s : s + _CHUNK], text[s : s + _CHUNK], row_ids[s : s + _CHUNK]
-            cos = pair_cosines(x, y)
+            at = self.pool.index_of(ids)
             out[s : s + _CHUNK] = self._pair(
-                cos, self._side(x, "image"), self._side(y, "text"), ids, ids
+                pair_cosines(x, y), self._side(x, "image"), self._side(y, "text"), (at, at)
             )
         return out
 
@@ -262,13 +261,13 @@ class MatchScorer:
         x, y, ids = image[rows], text[rows], row_ids[rows]
         img_st, txt_st = self._side(x, "image"), self._side(y, "text")
         at = self.pool.index_of(ids)
-        real = self._pair(pair_cosines(x, y), img_st, txt_st, None, None, (at, at))
+        real = self._pair(pair_cosines(x, y), img_st, txt_st, (at, at))
         null = []
         for r in range(1, min(self.settings["null_rounds"], len(rows) - 1) + 1):
             j = np.roll(np.arange(len(rows)), -r)
             cos = pair_cosines(x, y, shift=r)  # = x_i . y_j, y[j] not copied
             txt_j = {key: v[j] for key, v in txt_st.items()}
-            null.append(self._pair(cos, img_st, txt_j, None, None, (at[j], at)))
+            null.append(self._pair(cos, img_st, txt_j, (at[j], at)))
         return real, np.concatenate(null)
 
     # -------------------------------------------------------- fit/transform
@@ -337,9 +336,7 @@ class MatchScorer:
             proj, cells = search.project_parts([r[i] for r in rows], _CHUNK)
             side[name] = {"proj": proj, "top_val": search.top_values(proj, kk, short, cells)}
         cos = np.concatenate([pair_cosines(x, y) for x, y, _ in rows])
-        cols = self._columns(
-            self._pair(cos, side["image"], side["text"], None, None, (member,) * 2)
-        )
+        cols = self._columns(self._pair(cos, side["image"], side["text"], (member, member)))
         ends = np.cumsum([len(ids) for _, _, ids in rows])
         return [{c: v[e - len(r[2]) : e] for c, v in cols.items()} for e, r in zip(ends, rows)]
 

@@ -148,8 +148,9 @@ class PoolSearch:
 
         def run(item) -> None:
             x, s, at = item
-            out = proj[at : at + len(x[s : s + block])]
-            out[:] = self.project(x[s : s + block])
+            rows = x[s : s + block]
+            out = proj[at : at + len(rows)]
+            out[:] = self.project(rows)
             if cells is not None:
                 cells[at : at + len(out)] = self._cells_of(out)
 
