@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from cleaner.io.sidecar import atomic_write_table, build_part, merge_parts, part_is_valid
 from cleaner.methods import catalog
-from cleaner.methods.threads import blas_snapshot, capped_workers
+from cleaner.methods.threads import capped_workers, single_threaded_blas
 from pipelines.heap import trim
 from pipelines.search_ahead import GROUP_ROWS, answer_ahead, groups, plan_groups
 from pipelines.shard_view import ShardView
@@ -69,29 +69,32 @@ def transform_local(todo, data, scorers, pools, methods, base_meta, layout, on_d
     batched = [m for m in methods if catalog.get(m).batch_rows]
     alone = [m for m in methods if m not in batched]
     batch_rows = max([catalog.get(m).batch_rows for m in batched], default=0)
-    waiting, rows, untrimmed = [], 0, 0
-    finisher = _Finisher(scorers, batched, methods, base_meta, layout, on_done)
-    try:
-        for group in groups(views, plan_groups(sizes, GROUP_ROWS if pools else 0)):
-            answered = answer_ahead(group, scorers, pools, methods) if pools else pools
-            for stem, view in group:
-                columns = shard_columns(view, stem, scorers, answered, alone)
-                prepared = {m: catalog.get(m).prepare(scorers[m], view.pairs, stem)
-                            for m in batched}  # fmt: skip
-                waiting.append((stem, view.meta, view.ok, columns, prepared))
-                rows += len(view.pairs)
-                untrimmed += len(view.pairs)
-            del group, answered  # the group's views: memory is one group's
-            if rows >= batch_rows:
-                finisher.submit(waiting)
-                waiting, rows = [], 0
-            if untrimmed >= TRIM_ROWS:
-                trim()
-                untrimmed = 0
-        finisher.wait()
-        _finish(waiting, scorers, batched, methods, base_meta, layout, on_done)  # the rest
-    finally:
-        finisher.close()
+    # BLAS at one thread throughout, set before the finisher thread starts:
+    # both threads limit it, and the limit is process-wide (see fit_stage)
+    with single_threaded_blas():
+        waiting, rows, untrimmed = [], 0, 0
+        finisher = _Finisher(scorers, batched, methods, base_meta, layout, on_done)
+        try:
+            for group in groups(views, plan_groups(sizes, GROUP_ROWS if pools else 0)):
+                answered = answer_ahead(group, scorers, pools, methods) if pools else pools
+                for stem, view in group:
+                    columns = shard_columns(view, stem, scorers, answered, alone)
+                    prepared = {m: catalog.get(m).prepare(scorers[m], view.pairs, stem)
+                                for m in batched}  # fmt: skip
+                    waiting.append((stem, view.meta, view.ok, columns, prepared))
+                    rows += len(view.pairs)
+                    untrimmed += len(view.pairs)
+                del group, answered  # the group's views: memory is one group's
+                if rows >= batch_rows:
+                    finisher.submit(waiting)
+                    waiting, rows = [], 0
+                if untrimmed >= TRIM_ROWS:
+                    trim()
+                    untrimmed = 0
+            finisher.wait()
+            _finish(waiting, scorers, batched, methods, base_meta, layout, on_done)  # the rest
+        finally:
+            finisher.close()
 
 
 class _Finisher:
@@ -111,7 +114,6 @@ class _Finisher:
         self.args = finish_args
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="nclean-finish")
         self.pending = None
-        self.restore_blas = blas_snapshot()  # both threads limit BLAS, interleaved
 
     def _run(self, waiting: list) -> None:
         with capped_workers(1):
@@ -131,7 +133,6 @@ class _Finisher:
         """Let the batch in flight end (on an error elsewhere: without
         raising its own over it), then stop the thread."""
         self.pool.shutdown(wait=True)
-        self.restore_blas()
 
 
 def _finish(waiting: list, scorers, batched, methods, base_meta, layout, on_done) -> None:

@@ -113,3 +113,13 @@ def wds_legacy_env() -> dict[str, str]:
         stamp.touch()
     path = os.pathsep.join(p for p in (str(target), os.environ.get("PYTHONPATH")) if p)
     return {**os.environ, "PYTHONPATH": path, "NCLEAN_WDS_LINE": WDS_LEGACY}
+
+
+def blas_threads() -> set[int]:
+    """The process-wide BLAS thread counts (numpy's and scipy's OpenBLAS).
+    An OpenMP build's count (faiss's, once loaded) is per thread: a new
+    thread starts at all cores whatever another thread set."""
+    from threadpoolctl import threadpool_info
+
+    return {lib["num_threads"] for lib in threadpool_info()
+            if lib["user_api"] == "blas" and lib.get("threading_layer") != "openmp"}  # fmt: skip

@@ -104,3 +104,47 @@ def test_batches_finished_beside_the_main_thread(data, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="batch failed"):
         _score(tmp_path / "emb", tmp_path / "failed.parquet")
     assert not any(t.name.startswith("nclean-finish") for t in threading.enumerate())
+
+
+def test_blas_at_one_thread_through_fit_and_transform(data, tmp_path, monkeypatch):
+    """match fits on a thread of its own and finishes batches on another;
+    both limit BLAS, which is process-wide, so the stages hold it at one
+    thread throughout: the mixture fits on the main thread (whose sums
+    change with the count) always see one, and the caller's count is back
+    after the job."""
+    import threading
+
+    from conftest import blas_threads as blas
+
+    import cleaner.methods.sdd.scorer as sdd_scorer
+    from cleaner.methods.match.method import Match
+    from cleaner.methods.match.scorer import MatchScorer
+
+    np.ones((4, 4)) @ np.ones((4, 4))
+    before = blas()
+    if before == {1}:
+        pytest.skip("BLAS is at one thread already (one core)")
+    seen: dict[str, list] = {"gmm": [], "finish": []}
+    real_fit, real_finish = sdd_scorer.fit_gmm_1d, MatchScorer.transform_prepared
+
+    def gmm_spy(*a, **k):
+        seen["gmm"].append(blas())
+        return real_fit(*a, **k)
+
+    def finish_spy(self, parts):
+        if threading.current_thread().name.startswith("nclean-finish"):
+            seen["finish"].append(blas())
+        return real_finish(self, parts)
+
+    monkeypatch.setattr(sdd_scorer, "fit_gmm_1d", gmm_spy)
+    monkeypatch.setattr(MatchScorer, "transform_prepared", finish_spy)
+    monkeypatch.setattr(Match, "batch_rows", 800)
+    image, text, _ = data
+    write_embedding_dir(tmp_path / "emb", image, text, shard_size=400)
+    settings = ScoreSettings(methods=["osa", "sdd", "match"], beta_source="shuffled",
+                             options=OPTIONS)  # fmt: skip
+    run_score(ScoreJob(out=str(tmp_path / "w.parquet"), embeddings=str(tmp_path / "emb"),
+                       settings=settings, progress=False))  # fmt: skip
+    assert seen["gmm"] and all(s == {1} for s in seen["gmm"]), seen
+    assert seen["finish"] and all(s == {1} for s in seen["finish"]), seen
+    assert blas() == before

@@ -4,13 +4,10 @@ limit after it, nested or not, with its library scan reused between blocks."""
 from __future__ import annotations
 
 import numpy as np
-from threadpoolctl import threadpool_info
+import pytest
+from conftest import blas_threads as _blas_threads
 
 from cleaner.methods import threads
-
-
-def _blas_threads() -> set[int]:
-    return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
 
 
 def test_limit_inside_and_restored_after():
@@ -46,27 +43,33 @@ def test_capped_workers_on_this_thread_only():
     assert threads.n_workers() == cores
 
 
-def test_snapshot_restores_what_interleaved_blocks_left():
-    """Blocks on two threads, each restoring what it found: the one left
-    last restores the other's limit (1). The snapshot taken before both
-    sets the counts found then again."""
+def test_blocks_on_two_threads_inside_an_outer_block_keep_one_thread():
+    """Blocks on two threads, each restoring what it found: inside an outer
+    block (entered before the second thread starts) both find 1 and restore
+    1, so BLAS stays at one thread until the outer block restores the
+    caller's count. Without it the block left last would restore 2 under
+    the other (or 1 after both)."""
     import threading
 
     np.ones((4, 4)) @ np.ones((4, 4))
     before = _blas_threads()
-    restore = threads.blas_snapshot()
-    inside, leave = threading.Event(), threading.Event()
+    if before == {1}:
+        pytest.skip("BLAS is at one thread already (one core)")
+    inside, leave, seen = threading.Event(), threading.Event(), []
 
     def other() -> None:
-        with threads.single_threaded_blas():  # enters while the main block holds 1
+        with threads.single_threaded_blas():
             inside.set()
             leave.wait(10)
+        seen.append(_blas_threads())  # after its block, under the outer one
 
     with threads.single_threaded_blas():
         worker = threading.Thread(target=other)
-        worker.start()
-        assert inside.wait(10)
-    leave.set()
-    worker.join(10)
-    restore()
+        with threads.single_threaded_blas():
+            worker.start()
+            assert inside.wait(10)
+        assert _blas_threads() == {1}  # this thread's inner block left first
+        leave.set()
+        worker.join(10)
+        assert seen == [{1}] and _blas_threads() == {1}
     assert _blas_threads() == before

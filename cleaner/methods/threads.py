@@ -59,6 +59,13 @@ _SCANNED: list = []  # (modules loaded at the scan, ThreadpoolController)
 def single_threaded_blas():
     """BLAS limited to one thread inside the block (no-op without threadpoolctl).
 
+    The limit is process-wide (numpy's OpenBLAS) and each block restores
+    what it found, so blocks entered on two threads at once can leave the
+    count at 1 or lift it under the other's feet. Work that runs blocks on
+    two threads enters one block on its first thread before the second
+    starts (the fit and transform stages): every block inside then finds 1
+    and restores 1, and the outer block restores the caller's count.
+
     The library scan behind a limit costs ~6 ms (28 blocks per 1M rows in
     match alone); it is redone only when modules were imported since the
     last one (a BLAS may have come with them)."""
@@ -71,27 +78,6 @@ def single_threaded_blas():
         _SCANNED[:] = [(len(sys.modules), ThreadpoolController())]
     with _SCANNED[0][1].limit(limits=1, user_api="blas"):
         yield
-
-
-def blas_snapshot() -> Callable[[], None]:
-    """A function that sets the BLAS thread counts found now again (call it
-    from the thread that took the snapshot). For work in which another
-    thread enters :func:`single_threaded_blas` while this one does: each
-    block restores what it found, so interleaved blocks can leave a count
-    at 1 (measured: after a 1M transform with match finished beside the
-    main thread, two of the three BLAS libraries were left at one thread)."""
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        return lambda: None
-    libs = ThreadpoolController().select(user_api="blas").lib_controllers
-    found = [(lib, lib.num_threads) for lib in libs]
-
-    def restore() -> None:
-        for lib, n in found:
-            lib.set_num_threads(n)
-
-    return restore
 
 
 def parallel_map(fn: Callable, items: Iterable, workers: int | None = None) -> list:
