@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from cleaner.io.embcache import EmbeddingCache, normalise_rows
 from cleaner.methods import catalog
 from cleaner.methods.registry import FitContext
 from cleaner.methods.sampling import base_hash, hash_order, row_sample_mask
-from cleaner.methods.threads import single_threaded_blas
+from cleaner.methods.threads import thread_beside
 from cleaner.progress import progress_bar
 from pipelines.shard_view import ROW_ID_SHIFT, RowMemo, gather_vectors, iter_views
 
@@ -249,11 +248,11 @@ def fit_methods(settings, options: dict, data: JobData, estimator_spec, state_di
         return params
 
     aside = [n for n in settings.methods if catalog.get(n).fits_aside]
-    # BLAS at one thread for the whole stage, set before the aside thread
-    # starts: its limit is process-wide, so the fits on this thread would
-    # otherwise run at one or two threads as the other's blocks come and go,
-    # and a mixture fit's sums depend on that (measured: GMM means 1 ulp apart)
-    with single_threaded_blas(), ThreadPoolExecutor(1, thread_name_prefix="nclean-fit") as pool:
+    # BLAS at one thread on both threads (thread_beside): its limit is
+    # process-wide, so the fits on this thread would otherwise run at one or
+    # two threads as the other's blocks come and go, and a mixture fit's sums
+    # depend on that (measured: GMM means 1 ulp apart)
+    with thread_beside("nclean-fit") as pool:
         later = {name: pool.submit(fit_one, name) for name in aside}
         params = {name: fit_one(name) for name in settings.methods if name not in later}
         params.update({name: f.result() for name, f in later.items()})

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from cleaner.io.sidecar import atomic_write_table, build_part, merge_parts, part_is_valid
 from cleaner.methods import catalog
-from cleaner.methods.threads import capped_workers, single_threaded_blas
+from cleaner.methods.threads import capped_workers, thread_beside
 from pipelines.heap import trim
 from pipelines.search_ahead import GROUP_ROWS, answer_ahead, groups, plan_groups
 from pipelines.shard_view import ShardView
@@ -69,32 +69,29 @@ def transform_local(todo, data, scorers, pools, methods, base_meta, layout, on_d
     batched = [m for m in methods if catalog.get(m).batch_rows]
     alone = [m for m in methods if m not in batched]
     batch_rows = max([catalog.get(m).batch_rows for m in batched], default=0)
-    # BLAS at one thread throughout, set before the finisher thread starts:
-    # both threads limit it, and the limit is process-wide (see fit_stage)
-    with single_threaded_blas():
-        waiting, rows, untrimmed = [], 0, 0
-        finisher = _Finisher(scorers, batched, methods, base_meta, layout, on_done)
-        try:
-            for group in groups(views, plan_groups(sizes, GROUP_ROWS if pools else 0)):
-                answered = answer_ahead(group, scorers, pools, methods) if pools else pools
-                for stem, view in group:
-                    columns = shard_columns(view, stem, scorers, answered, alone)
-                    prepared = {m: catalog.get(m).prepare(scorers[m], view.pairs, stem)
-                                for m in batched}  # fmt: skip
-                    waiting.append((stem, view.meta, view.ok, columns, prepared))
-                    rows += len(view.pairs)
-                    untrimmed += len(view.pairs)
-                del group, answered  # the group's views: memory is one group's
-                if rows >= batch_rows:
-                    finisher.submit(waiting)
-                    waiting, rows = [], 0
-                if untrimmed >= TRIM_ROWS:
-                    trim()
-                    untrimmed = 0
-            finisher.wait()
-            _finish(waiting, scorers, batched, methods, base_meta, layout, on_done)  # the rest
-        finally:
-            finisher.close()
+    waiting, rows, untrimmed = [], 0, 0
+    # the finisher's thread; on an error here the batch in flight ends
+    # (without raising its own over it) before the thread stops
+    with thread_beside("nclean-finish") as pool:
+        finisher = _Finisher(pool, scorers, batched, methods, base_meta, layout, on_done)
+        for group in groups(views, plan_groups(sizes, GROUP_ROWS if pools else 0)):
+            answered = answer_ahead(group, scorers, pools, methods) if pools else pools
+            for stem, view in group:
+                columns = shard_columns(view, stem, scorers, answered, alone)
+                prepared = {
+                    m: catalog.get(m).prepare(scorers[m], view.pairs, stem) for m in batched
+                }
+                waiting.append((stem, view.meta, view.ok, columns, prepared))
+                rows += len(view.pairs)
+                untrimmed += len(view.pairs)
+            del group, answered  # the group's views: memory is one group's
+            if rows >= batch_rows:
+                finisher.submit(waiting)
+                waiting, rows = [], 0
+            if untrimmed >= TRIM_ROWS:
+                trim()
+                untrimmed = 0
+        finisher.finish_in_line(waiting)  # the rest
 
 
 class _Finisher:
@@ -108,11 +105,8 @@ class _Finisher:
     batched methods each group of shards is a batch: its parts are written
     beside."""
 
-    def __init__(self, *finish_args):
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.args = finish_args
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="nclean-finish")
+    def __init__(self, pool, *finish_args):
+        self.pool, self.args = pool, finish_args  # pool: one thread (thread_beside)
         self.pending = None
 
     def _run(self, waiting: list) -> None:
@@ -129,10 +123,10 @@ class _Finisher:
         if pending is not None:
             pending.result()
 
-    def close(self) -> None:
-        """Let the batch in flight end (on an error elsewhere: without
-        raising its own over it), then stop the thread."""
-        self.pool.shutdown(wait=True)
+    def finish_in_line(self, waiting: list) -> None:
+        """The last (partial) batch, on this thread, after the one in flight."""
+        self.wait()
+        _finish(waiting, *self.args)
 
 
 def _finish(waiting: list, scorers, batched, methods, base_meta, layout, on_done) -> None:

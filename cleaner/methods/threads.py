@@ -62,9 +62,9 @@ def single_threaded_blas():
     The limit is process-wide (numpy's OpenBLAS) and each block restores
     what it found, so blocks entered on two threads at once can leave the
     count at 1 or lift it under the other's feet. Work that runs blocks on
-    two threads enters one block on its first thread before the second
-    starts (the fit and transform stages): every block inside then finds 1
-    and restores 1, and the outer block restores the caller's count.
+    two threads starts the second with :func:`thread_beside`, which enters
+    one block before: every block inside then finds 1 and restores 1, and
+    the outer block restores the caller's count.
 
     The library scan behind a limit costs ~6 ms (28 blocks per 1M rows in
     match alone); it is redone only when modules were imported since the
@@ -80,10 +80,20 @@ def single_threaded_blas():
         yield
 
 
+@contextmanager
+def thread_beside(name: str):
+    """One worker thread (a ``ThreadPoolExecutor``) beside the calling one,
+    with BLAS held at one thread for both while it lives: entered here,
+    before the thread starts, so that the blocks each thread enters find 1
+    and restore 1 (see :func:`single_threaded_blas`)."""
+    with single_threaded_blas(), ThreadPoolExecutor(1, thread_name_prefix=name) as pool:
+        yield pool
+
+
 def parallel_map(fn: Callable, items: Iterable, workers: int | None = None) -> list:
     """``[fn(x) for x in items]`` on ``workers`` threads (in order)."""
     items = list(items)
-    workers = min(n_workers() if workers is None else min(workers, n_workers()), len(items))
+    workers = min(n_workers(), len(items), n_workers() if workers is None else workers)
     if workers <= 1:
         return [fn(x) for x in items]
     with ThreadPoolExecutor(max_workers=workers) as pool:
